@@ -1,0 +1,134 @@
+// Package api holds the message types and header names that Switchboard's
+// services exchange over NATS. Public names (headers of sb.in and sb.out
+// messages) are part of the contract; the request/reply bodies of the internal
+// micro endpoints are JSON documents defined here.
+package api
+
+import "time"
+
+// Headers of client events (sb.in.<event>) and deliveries (sb.out.*).
+const (
+	HeaderEvent     = "Sb-Event"     // event name (deliveries and client events)
+	HeaderUser      = "Sb-User"      // user id of the sending client
+	HeaderDevice    = "Sb-Device"    // device id of the sending client
+	HeaderSocket    = "Sb-Socket"    // socket id of the sending client
+	HeaderNamespace = "Sb-Namespace" // Socket.IO namespace of the sending client
+	HeaderGateway   = "Sb-Gateway"   // gateway instance holding the socket
+)
+
+// Built-in client events handled by Switchboard's own services.
+const (
+	EventTimerStart        = "timerStart"
+	EventTimerStop         = "timerStop"
+	EventTimerList         = "timerList"
+	EventDisconnectRequest = "disconnectRequest"
+)
+
+// Built-in server events.
+const (
+	EventConnections = "connections"
+	EventTick        = "tick"
+	EventTimerDone   = "timerDone"
+	EventException   = "exception"
+)
+
+// Error codes used by every micro endpoint (Nats-Service-Error-Code).
+const (
+	CodeBadRequest   = 400
+	CodeUnauthorized = 401
+	CodeForbidden    = 403
+	CodeNotFound     = 404
+	CodeConflict     = 409
+	CodeTooMany      = 429
+	CodeInternal     = 500
+	CodeUnavailable  = 503
+)
+
+// VerifyRequest asks the auth service to verify a token. It travels only on
+// the auth service's request subject, never on sb.in/sb.out.
+type VerifyRequest struct {
+	Token string `json:"token"`
+}
+
+// VerifyReply is the identity behind a valid token.
+type VerifyReply struct {
+	UserID  string    `json:"uid"`
+	Name    string    `json:"name,omitempty"`
+	Expires time.Time `json:"exp"`
+}
+
+// Conn describes one live Socket.IO connection. Its JSON form is the element
+// of the client-facing `connections` event, plus the gateway id (not sent to
+// clients).
+type Conn struct {
+	SocketID  string    `json:"socketId"`
+	UserID    string    `json:"userId"`
+	DeviceID  string    `json:"deviceId"`
+	IP        string    `json:"ip"`
+	UserAgent string    `json:"userAgent"`
+	CreatedAt time.Time `json:"createdAt"`
+	Gateway   string    `json:"gateway,omitempty"`
+}
+
+// Public returns the client-facing view of c (without the gateway id).
+func (c Conn) Public() Conn { c.Gateway = ""; return c }
+
+// AdmitRequest asks presence for a connection slot.
+type AdmitRequest struct {
+	Conn Conn `json:"conn"`
+}
+
+// AdmitReply confirms a slot.
+type AdmitReply struct {
+	Connections int `json:"connections"` // the user's live connections, this one included
+}
+
+// ReleaseRequest frees a slot. Releasing an unknown socket is not an error.
+type ReleaseRequest struct {
+	SocketID string `json:"socketId"`
+	UserID   string `json:"userId"`
+}
+
+// ReleaseReply says whether a slot was actually freed.
+type ReleaseReply struct {
+	Released bool `json:"released"`
+}
+
+// ListRequest asks presence for a user's live connections.
+type ListRequest struct {
+	UserID string `json:"userId"`
+}
+
+// ListReply lists a user's live connections.
+type ListReply struct {
+	Connections []Conn `json:"connections"`
+}
+
+// Heartbeat is published by every gateway on subject.GatewayHeartbeat.
+type Heartbeat struct {
+	Gateway string `json:"gateway"`
+	// Sockets is the number of sockets the gateway holds (informational).
+	Sockets int `json:"sockets"`
+}
+
+// DisconnectOrder tells a gateway to end one socket on purpose (the client
+// gets a Socket.IO DISCONNECT before the close).
+type DisconnectOrder struct {
+	SocketID string `json:"socketId"`
+	Reason   string `json:"reason"`
+}
+
+// LifecycleEvent is published by presence on subject.EventConnected and
+// subject.EventDisconnected.
+type LifecycleEvent struct {
+	Conn Conn `json:"conn"`
+}
+
+// Status is the ack/exception body of built-in events.
+type Status struct {
+	Status  string `json:"status"` // "ok" or "error"
+	Message string `json:"message,omitempty"`
+}
+
+// ErrorStatus builds the client-facing error body.
+func ErrorStatus(msg string) Status { return Status{Status: "error", Message: msg} }

@@ -1,0 +1,67 @@
+// Package boot holds what every service's main does before run: load the
+// typed configuration, build the logger and print the settings with secrets
+// masked.
+package boot
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/switchboard-rt/switchboard/pkg/config"
+)
+
+// LogConfig selects the logger.
+type LogConfig struct {
+	Level  string `koanf:"level"`  // debug, info, warn, error
+	Format string `koanf:"format"` // text or json
+}
+
+// DefaultLog is the default logger configuration.
+func DefaultLog() LogConfig { return LogConfig{Level: "info", Format: "text"} }
+
+// NATSConfig says how a service reaches NATS.
+type NATSConfig struct {
+	URL       string        `koanf:"url"`
+	CredsFile string        `koanf:"creds_file"`
+	Timeout   time.Duration `koanf:"request_timeout"`
+}
+
+// DefaultNATS is the default NATS configuration.
+func DefaultNATS() NATSConfig {
+	return NATSConfig{URL: "nats://127.0.0.1:4222", Timeout: 3 * time.Second}
+}
+
+// NewLogger builds a slog logger writing to w.
+func NewLogger(w io.Writer, c LogConfig) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.Level)); err != nil {
+		return nil, fmt.Errorf("log level %q: %w", c.Level, err)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch strings.ToLower(c.Format) {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text", "":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: want text or json", c.Format)
+}
+
+// Init loads cfg (which holds its defaults) from args and environ, builds the
+// logger described by *logc once loaded, and logs the settings.
+func Init(name string, cfg any, logc *LogConfig, args, environ []string, out io.Writer) (*slog.Logger, []string, error) {
+	rest, err := config.Load(cfg, name, args, environ, out)
+	if err != nil {
+		return nil, nil, err
+	}
+	log, err := NewLogger(out, *logc)
+	if err != nil {
+		return nil, nil, err
+	}
+	log = log.With("service", name)
+	log.Info("config", config.Printable(cfg)...)
+	return log, rest, nil
+}

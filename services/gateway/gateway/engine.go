@@ -1,0 +1,336 @@
+package gateway
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/olahol/melody"
+
+	"github.com/switchboard-rt/switchboard/pkg/engineio"
+	"github.com/switchboard-rt/switchboard/pkg/socketio"
+)
+
+// transport is what an engine writes Engine.IO packets to.
+type transport interface {
+	send(p engineio.Packet)
+	close(code int, reason string)
+}
+
+type wsTransport struct{ s *melody.Session }
+
+func (t *wsTransport) send(p engineio.Packet) {
+	if p.Binary {
+		_ = t.s.WriteBinary(p.Data)
+		return
+	}
+	_ = t.s.Write(p.Text())
+}
+
+func (t *wsTransport) close(code int, reason string) {
+	if code == closeCodeSlow {
+		// The send queue is full, so a close frame cannot be queued: cut the
+		// connection.
+		_ = t.s.WebsocketConnection().Close()
+		return
+	}
+	_ = t.s.CloseWithMsg(melody.FormatCloseMessage(code, reason))
+}
+
+const closeCodeSlow = 1008
+
+// Why an engine connection ends.
+type closeReason int
+
+const (
+	closeTransport closeReason = iota // the client went away
+	closeClient                       // the client sent an Engine.IO close
+	closeMalformed                    // protocol violation
+	closePingTimeout
+	closeConnectTimeout
+	closeSlow  // send queue overflow
+	closeDrain // gateway shutting down
+	closeKick  // last socket kicked on purpose
+)
+
+func (r closeReason) String() string {
+	return [...]string{"transport close", "client close", "malformed packet", "ping timeout",
+		"connect timeout", "slow client", "server drain", "server disconnect"}[r]
+}
+
+// timer kinds run by the gateway's scheduler.
+type timerKind uint8
+
+const (
+	timerPing timerKind = iota
+	timerPong
+	timerConnect
+	timerAck
+)
+
+type timerKey struct {
+	e    *engine
+	s    *socket
+	kind timerKind
+	id   uint64
+}
+
+func (g *Gateway) fire(k timerKey, _ time.Time) {
+	switch k.kind {
+	case timerPing:
+		k.e.ping()
+	case timerPong:
+		k.e.log().Debug("ping timeout")
+		k.e.close(closePingTimeout)
+	case timerConnect:
+		if !k.e.hasConnected() {
+			k.e.close(closeConnectTimeout)
+		}
+	case timerAck:
+		k.s.expireAck(k.id)
+	}
+}
+
+// engine is one Engine.IO connection, holding one socket per namespace.
+type engine struct {
+	g         *Gateway
+	id        string
+	ip        string
+	userAgent string
+	header    http.Header
+	query     map[string][]string
+
+	mu        sync.Mutex
+	tr        transport
+	sockets   map[string]*socket // by namespace
+	connected bool               // a CONNECT succeeded once
+	closed    bool
+}
+
+func newEngine(g *Gateway, r *http.Request) *engine {
+	return &engine{
+		g:         g,
+		id:        newID(),
+		ip:        clientIP(r, g.cfg.TrustProxy),
+		userAgent: r.UserAgent(),
+		header:    r.Header.Clone(),
+		query:     r.URL.Query(),
+		sockets:   map[string]*socket{},
+	}
+}
+
+func clientIP(r *http.Request, trustProxy bool) string {
+	if trustProxy {
+		if f := r.Header.Get("X-Forwarded-For"); f != "" {
+			first, _, _ := strings.Cut(f, ",")
+			if ip := net.ParseIP(strings.TrimSpace(first)); ip != nil {
+				return ip.String()
+			}
+		}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func (e *engine) log() *slog.Logger { return e.g.log.With("engine", e.id) }
+
+type openPayload struct {
+	SID          string   `json:"sid"`
+	Upgrades     []string `json:"upgrades"`
+	PingInterval int64    `json:"pingInterval"`
+	PingTimeout  int64    `json:"pingTimeout"`
+	MaxPayload   int      `json:"maxPayload"`
+}
+
+// attach binds the engine to its transport and sends the open packet.
+func (e *engine) attach(tr transport) {
+	e.mu.Lock()
+	e.tr = tr
+	e.mu.Unlock()
+	e.g.hub.addEngine(e)
+	open, _ := json.Marshal(openPayload{
+		SID:          e.id,
+		Upgrades:     []string{},
+		PingInterval: e.g.cfg.PingInterval.Milliseconds(),
+		PingTimeout:  e.g.cfg.PingTimeout.Milliseconds(),
+		MaxPayload:   e.g.cfg.MaxPayload,
+	})
+	e.sendPacket(engineio.Packet{Type: engineio.Open, Data: open})
+	now := time.Now()
+	e.g.sched.Set(timerKey{e: e, kind: timerPing}, now.Add(e.g.cfg.PingInterval))
+	e.g.sched.Set(timerKey{e: e, kind: timerConnect}, now.Add(e.g.cfg.ConnectTimeout))
+}
+
+func (e *engine) sendPacket(p engineio.Packet) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.closed && e.tr != nil {
+		e.tr.send(p)
+	}
+}
+
+// sendSIO sends a Socket.IO packet in an Engine.IO message.
+func (e *engine) sendSIO(p socketio.Packet) {
+	e.sendPacket(engineio.Packet{Type: engineio.Message, Data: p.Encode()})
+}
+
+func (e *engine) ping() {
+	e.sendPacket(engineio.Packet{Type: engineio.Ping})
+	e.g.sched.Set(timerKey{e: e, kind: timerPong}, time.Now().Add(e.g.cfg.PingTimeout))
+}
+
+func (e *engine) hasConnected() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.connected
+}
+
+// onFrame handles one WebSocket frame.
+func (e *engine) onFrame(b []byte, binary bool) {
+	p, err := engineio.DecodeFrame(b, binary)
+	if err != nil {
+		e.malformed(err)
+		return
+	}
+	switch p.Type {
+	case engineio.Pong:
+		e.g.sched.Cancel(timerKey{e: e, kind: timerPong})
+		e.g.sched.Set(timerKey{e: e, kind: timerPing}, time.Now().Add(e.g.cfg.PingInterval))
+	case engineio.Ping:
+		e.sendPacket(engineio.Packet{Type: engineio.Pong, Data: p.Data})
+	case engineio.Message:
+		if p.Binary {
+			e.malformed(errBinaryUnsupported)
+			return
+		}
+		e.onSocketIO(p.Data)
+	case engineio.Close:
+		e.close(closeClient)
+	case engineio.Noop, engineio.Upgrade:
+	default:
+		e.malformed(errUnexpectedPacket)
+	}
+}
+
+func (e *engine) malformed(err error) {
+	e.log().Debug("closing on malformed input", "err", err)
+	e.close(closeMalformed)
+}
+
+func (e *engine) onSocketIO(b []byte) {
+	p, err := socketio.Decode(b)
+	if err != nil {
+		e.malformed(err)
+		return
+	}
+	switch p.Type {
+	case socketio.Connect:
+		e.connect(p)
+	case socketio.Disconnect:
+		if s := e.socket(p.Namespace); s != nil {
+			e.removeSocket(s, false)
+		}
+	case socketio.Event:
+		if s := e.socket(p.Namespace); s != nil && s.isConnected() {
+			s.onEvent(p)
+		} else {
+			e.log().Debug("event for a namespace not connected", "namespace", p.Namespace)
+		}
+	case socketio.Ack:
+		if s := e.socket(p.Namespace); s != nil {
+			s.onAck(p)
+		}
+	default: // CONNECT_ERROR from a client, binary packets
+		e.malformed(errUnexpectedPacket)
+	}
+}
+
+func (e *engine) socket(ns string) *socket {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.sockets[ns]
+}
+
+// connectError answers a CONNECT with a CONNECT_ERROR; the engine stays open.
+func (e *engine) connectError(ns, msg string) {
+	data, _ := json.Marshal(map[string]string{"message": msg})
+	e.sendSIO(socketio.Packet{Type: socketio.ConnectError, Namespace: ns, Data: data})
+}
+
+// kick ends one socket on purpose: DISCONNECT first, then, when it was the
+// engine's last socket, the connection.
+func (e *engine) kick(s *socket) {
+	e.removeSocket(s, true)
+	e.mu.Lock()
+	last := len(e.sockets) == 0
+	e.mu.Unlock()
+	if last {
+		e.close(closeKick)
+	}
+}
+
+// removeSocket detaches one socket (namespace DISCONNECT or kick) and frees
+// its slot.
+func (e *engine) removeSocket(s *socket, notify bool) {
+	e.mu.Lock()
+	if e.sockets[s.ns] != s {
+		e.mu.Unlock()
+		return
+	}
+	delete(e.sockets, s.ns)
+	wasConnected := s.markClosed()
+	if notify && wasConnected && !e.closed && e.tr != nil {
+		e.tr.send(engineio.Packet{Type: engineio.Message, Data: socketio.Packet{Type: socketio.Disconnect, Namespace: s.ns}.Encode()})
+	}
+	e.mu.Unlock()
+	if wasConnected {
+		e.g.hub.removeSocket(s, true)
+	}
+}
+
+// close ends the engine connection and every socket on it. It is idempotent.
+func (e *engine) close(why closeReason) {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return
+	}
+	e.closed = true
+	var held []*socket
+	for _, s := range e.sockets {
+		if s.markClosed() {
+			held = append(held, s)
+		}
+	}
+	e.sockets = map[string]*socket{}
+	tr := e.tr
+	e.mu.Unlock()
+
+	e.g.sched.Cancel(timerKey{e: e, kind: timerPing})
+	e.g.sched.Cancel(timerKey{e: e, kind: timerPong})
+	e.g.sched.Cancel(timerKey{e: e, kind: timerConnect})
+	for _, s := range held {
+		e.g.hub.removeSocket(s, true)
+	}
+	if tr != nil && why != closeTransport {
+		code := 1000
+		switch why {
+		case closeMalformed:
+			code = 1002
+		case closeDrain:
+			code = 1001
+		case closeSlow:
+			code = closeCodeSlow
+		}
+		tr.close(code, why.String())
+	}
+	e.g.hub.removeEngine(e)
+	e.log().Debug("engine closed", "reason", why.String())
+}

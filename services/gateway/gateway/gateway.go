@@ -1,0 +1,395 @@
+// Package gateway moves frames between Socket.IO clients (Engine.IO v4 over
+// WebSocket, served by melody) and NATS subjects. It holds no state of its own
+// beyond the live connections: identities come from the auth service,
+// connection slots from presence, everything else from whoever publishes on
+// sb.out.*.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/olahol/melody"
+
+	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
+	"github.com/switchboard-rt/switchboard/pkg/sched"
+	"github.com/switchboard-rt/switchboard/pkg/subject"
+)
+
+// Option changes how a gateway is built in code (never from configuration).
+type Option func(*options)
+
+type options struct {
+	noAuth bool
+}
+
+// WithoutAuth admits every CONNECT without asking the auth service; the
+// user id is the socket id. Only development profiles use it.
+func WithoutAuth() Option { return func(o *options) { o.noAuth = true } }
+
+// Gateway is a running Socket.IO gateway.
+type Gateway struct {
+	cfg     Config
+	opts    options
+	log     *slog.Logger
+	nc      *nats.Conn
+	id      string
+	m       *melody.Melody
+	origins *originChecker
+	nsAllow map[string]bool
+	sched   *sched.Scheduler[timerKey]
+	hub     *hub
+
+	ln   net.Listener
+	srv  *http.Server
+	ctrl *nats.Subscription
+
+	shards []chan *nats.Msg
+	subsMu sync.RWMutex
+	subs   map[*nats.Subscription]func(*nats.Msg)
+
+	relMu    sync.Mutex
+	releases map[string]api.ReleaseRequest // releases to retry
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Start builds a gateway, subscribes it to NATS and starts serving on
+// cfg.Listen.
+func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opts ...Option) (*Gateway, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("gateway config: %w", err)
+	}
+	g := &Gateway{
+		cfg:      cfg,
+		log:      log,
+		nc:       nc,
+		id:       cfg.ID,
+		origins:  newOriginChecker(cfg.AllowedOrigins),
+		nsAllow:  map[string]bool{},
+		subs:     map[*nats.Subscription]func(*nats.Msg){},
+		releases: map[string]api.ReleaseRequest{},
+	}
+	for _, o := range opts {
+		o(&g.opts)
+	}
+	if g.id == "" {
+		g.id = newID()
+	}
+	if _, err := subject.Encode(g.id); err != nil {
+		return nil, fmt.Errorf("gateway id %q: %w", g.id, err)
+	}
+	for _, ns := range cfg.Namespaces {
+		g.nsAllow[ns] = true
+	}
+	g.log = log.With("gateway", g.id)
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.hub = newHub(g)
+	g.sched = sched.New(g.fire)
+
+	g.m = melody.New()
+	g.m.Config.MaxMessageSize = int64(cfg.MaxPayload)
+	g.m.Config.MessageBufferSize = cfg.SendQueue
+	g.m.Upgrader.CheckOrigin = g.origins.allow
+	g.m.HandleConnect(g.onWSConnect)
+	g.m.HandleMessage(func(s *melody.Session, b []byte) { engineOf(s).onFrame(b, false) })
+	g.m.HandleMessageBinary(func(s *melody.Session, b []byte) { engineOf(s).onFrame(b, true) })
+	g.m.HandleDisconnect(func(s *melody.Session) { engineOf(s).close(closeTransport) })
+	g.m.HandleError(g.onWSError)
+
+	n := max(2, runtime.GOMAXPROCS(0))
+	g.shards = make([]chan *nats.Msg, n)
+	for i := range g.shards {
+		ch := make(chan *nats.Msg, 8192)
+		g.shards[i] = ch
+		g.goRun(func() { g.dispatch(ch) })
+	}
+	if _, err := g.subscribe(subject.OutAll, g.hub.deliverAll); err != nil {
+		return nil, err
+	}
+	ctrlSubj, err := subject.GatewayControl(g.id, subject.OpDisconnect)
+	if err != nil {
+		return nil, fmt.Errorf("control subject: %w", err)
+	}
+	if g.ctrl, err = nc.Subscribe(ctrlSubj, g.onDisconnectOrder); err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", ctrlSubj, err)
+	}
+	if err := nc.Flush(); err != nil {
+		return nil, fmt.Errorf("flush subscriptions: %w", err)
+	}
+
+	if g.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(cfg.Path, g.serveEngine)
+	mux.HandleFunc("/healthz", g.serveHealth)
+	g.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	g.goRun(func() {
+		if err := g.srv.Serve(g.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			g.log.Error("http server", "err", err)
+		}
+	})
+	g.goRun(func() { g.sched.Run(g.ctx) })
+	g.goRun(g.heartbeatLoop)
+	g.log.Info("gateway listening", "addr", g.ln.Addr().String(), "path", cfg.Path)
+	return g, nil
+}
+
+func (g *Gateway) goRun(fn func()) {
+	g.wg.Add(1)
+	go func() { defer g.wg.Done(); fn() }()
+}
+
+// Addr is the address the gateway listens on.
+func (g *Gateway) Addr() net.Addr { return g.ln.Addr() }
+
+// ID is the gateway's instance id.
+func (g *Gateway) ID() string { return g.id }
+
+// Stop drains the gateway: it stops accepting connections, closes every
+// engine connection without a Socket.IO DISCONNECT (so clients reconnect to
+// another gateway) and releases their connection slots.
+func (g *Gateway) Stop(ctx context.Context) error {
+	shutdownErr := g.srv.Shutdown(ctx)
+	for _, e := range g.hub.engines() {
+		e.close(closeDrain)
+	}
+	// Wait for the releases started by the closes, then retry failed ones.
+	g.hub.waitReleases(ctx)
+	g.retryReleases(ctx)
+	g.cancel()
+	if g.ctrl != nil {
+		_ = g.ctrl.Unsubscribe()
+	}
+	_ = g.m.Close()
+	g.wg.Wait()
+	if shutdownErr != nil && !errors.Is(shutdownErr, context.DeadlineExceeded) {
+		return fmt.Errorf("shutdown http: %w", shutdownErr)
+	}
+	return nil
+}
+
+func (g *Gateway) serveHealth(w http.ResponseWriter, _ *http.Request) {
+	if !g.nc.IsConnected() {
+		http.Error(w, "nats disconnected", http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// Engine.IO handshake errors (as the reference server sends them).
+var (
+	errTransportUnknown = engineError{400, 0, "Transport unknown"}
+	errSessionUnknown   = engineError{400, 1, "Session ID unknown"}
+	errBadMethod        = engineError{400, 2, "Bad handshake method"}
+	errBadRequest       = engineError{400, 3, "Bad request"}
+	errForbidden        = engineError{403, 4, "Forbidden"}
+	errBadVersion       = engineError{400, 5, "Unsupported protocol version"}
+)
+
+type engineError struct {
+	status  int
+	code    int
+	message string
+}
+
+func (e engineError) write(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"code": e.code, "message": e.message})
+}
+
+func (g *Gateway) serveEngine(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != g.cfg.Path {
+		http.NotFound(w, r)
+		return
+	}
+	q := r.URL.Query()
+	switch {
+	case q.Get("EIO") != "4":
+		errBadVersion.write(w)
+		return
+	case q.Get("transport") != "websocket":
+		errTransportUnknown.write(w)
+		return
+	case q.Get("sid") != "":
+		errSessionUnknown.write(w)
+		return
+	case r.Method != http.MethodGet:
+		errBadMethod.write(w)
+		return
+	case !g.origins.allow(r):
+		errForbidden.write(w)
+		return
+	}
+	e := newEngine(g, r)
+	if err := g.m.HandleRequestWithKeys(w, r, map[string]any{engineKey: e}); err != nil {
+		g.log.Debug("websocket upgrade", "err", err)
+		if !headerWritten(w) {
+			errBadRequest.write(w)
+		}
+	}
+}
+
+// headerWritten is conservative: gorilla answers failed upgrades itself.
+func headerWritten(http.ResponseWriter) bool { return true }
+
+const engineKey = "engine"
+
+func engineOf(s *melody.Session) *engine { return s.Keys[engineKey].(*engine) }
+
+func (g *Gateway) onWSConnect(s *melody.Session) {
+	e := engineOf(s)
+	e.attach(&wsTransport{s: s})
+}
+
+func (g *Gateway) onWSError(s *melody.Session, err error) {
+	if errors.Is(err, melody.ErrMessageBufferFull) {
+		// The bounded send queue overflowed: the client is too slow. Close the
+		// connection rather than drop messages while it stays open.
+		// melody reports this from inside a write, under the engine's lock.
+		e := engineOf(s)
+		g.log.Warn("send queue full, closing slow client", "engine", e.id)
+		go e.close(closeSlow)
+		return
+	}
+	if errors.Is(err, melody.ErrWriteClosed) || errors.Is(err, melody.ErrSessionClosed) {
+		return
+	}
+	g.log.Debug("websocket", "err", err)
+}
+
+// subscribe adds a NATS subscription whose messages are handled by fn on a
+// dispatcher shard chosen by subject (so one subject's messages stay in
+// order). There is no goroutine per subscription.
+func (g *Gateway) subscribe(subj string, fn func(*nats.Msg)) (*nats.Subscription, error) {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(subj))
+	ch := g.shards[int(h.Sum32()%uint32(len(g.shards)))]
+	g.subsMu.Lock()
+	defer g.subsMu.Unlock()
+	sub, err := g.nc.ChanSubscribe(subj, ch)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", subj, err)
+	}
+	_ = sub.SetPendingLimits(-1, -1)
+	g.subs[sub] = fn
+	return sub, nil
+}
+
+func (g *Gateway) unsubscribe(sub *nats.Subscription) {
+	if sub == nil {
+		return
+	}
+	g.subsMu.Lock()
+	delete(g.subs, sub)
+	g.subsMu.Unlock()
+	if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+		g.log.Debug("unsubscribe", "subject", sub.Subject, "err", err)
+	}
+}
+
+func (g *Gateway) dispatch(ch chan *nats.Msg) {
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case m := <-ch:
+			g.subsMu.RLock()
+			fn := g.subs[m.Sub]
+			g.subsMu.RUnlock()
+			if fn != nil {
+				fn(m)
+			}
+		}
+	}
+}
+
+func (g *Gateway) heartbeatLoop() {
+	t := time.NewTicker(g.cfg.HeartbeatInterval)
+	defer t.Stop()
+	g.publishHeartbeat()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-t.C:
+			g.publishHeartbeat()
+			g.retryReleases(g.ctx)
+		}
+	}
+}
+
+func (g *Gateway) publishHeartbeat() {
+	b, _ := json.Marshal(api.Heartbeat{Gateway: g.id, Sockets: g.hub.count()})
+	if err := g.nc.Publish(subject.GatewayHeartbeat, b); err != nil {
+		g.log.Warn("publish heartbeat", "err", err)
+	}
+}
+
+// release frees a socket's slot in presence. Failures are kept and retried
+// with every heartbeat until presence confirms.
+func (g *Gateway) release(req api.ReleaseRequest) {
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.RequestTimeout)
+	defer cancel()
+	if _, err := natsx.Request[api.ReleaseReply](ctx, g.nc, subject.PresenceRelease, req); err != nil {
+		g.log.Warn("release slot failed, will retry", "socket", req.SocketID, "err", err)
+		g.relMu.Lock()
+		g.releases[req.SocketID] = req
+		g.relMu.Unlock()
+	}
+}
+
+func (g *Gateway) retryReleases(ctx context.Context) {
+	g.relMu.Lock()
+	pending := make([]api.ReleaseRequest, 0, len(g.releases))
+	for _, r := range g.releases {
+		pending = append(pending, r)
+	}
+	g.relMu.Unlock()
+	for _, r := range pending {
+		rctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
+		_, err := natsx.Request[api.ReleaseReply](rctx, g.nc, subject.PresenceRelease, r)
+		cancel()
+		if err == nil {
+			g.relMu.Lock()
+			delete(g.releases, r.SocketID)
+			g.relMu.Unlock()
+		}
+	}
+}
+
+func (g *Gateway) onDisconnectOrder(m *nats.Msg) {
+	var o api.DisconnectOrder
+	if err := json.Unmarshal(m.Data, &o); err != nil || o.SocketID == "" {
+		g.log.Warn("invalid disconnect order", "err", err)
+		return
+	}
+	if s := g.hub.socket(o.SocketID); s != nil {
+		g.log.Info("disconnecting socket on order", "socket", o.SocketID, "reason", o.Reason)
+		s.e.kick(s)
+	}
+}
+
+// newID returns 20 random base64url characters (120 bits).
+func newID() string {
+	var b [15]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}

@@ -1,0 +1,249 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/engineio"
+	"github.com/switchboard-rt/switchboard/pkg/socketio"
+	"github.com/switchboard-rt/switchboard/pkg/subject"
+)
+
+// hub indexes the gateway's live engines and sockets and owns their NATS
+// interest: one subscription per socket (sb.out.conn) and, per user with at
+// least one local socket, one for sb.out.user and one for sb.out.device.
+type hub struct {
+	g *Gateway
+
+	mu      sync.RWMutex
+	engs    map[*engine]struct{}
+	sockets map[string]*socket // by socket id
+	users   map[string]*userEntry
+
+	releases sync.WaitGroup
+}
+
+type userEntry struct {
+	sockets map[*socket]struct{}
+	subs    []*nats.Subscription
+}
+
+func newHub(g *Gateway) *hub {
+	return &hub{g: g, engs: map[*engine]struct{}{}, sockets: map[string]*socket{}, users: map[string]*userEntry{}}
+}
+
+func (h *hub) addEngine(e *engine) {
+	h.mu.Lock()
+	h.engs[e] = struct{}{}
+	h.mu.Unlock()
+}
+
+func (h *hub) removeEngine(e *engine) {
+	h.mu.Lock()
+	delete(h.engs, e)
+	h.mu.Unlock()
+}
+
+func (h *hub) engines() []*engine {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]*engine, 0, len(h.engs))
+	for e := range h.engs {
+		out = append(out, e)
+	}
+	return out
+}
+
+func (h *hub) count() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.sockets)
+}
+
+func (h *hub) socket(id string) *socket {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.sockets[id]
+}
+
+// addSocket registers s and subscribes its delivery subjects.
+func (h *hub) addSocket(s *socket) error {
+	connSubj, err := subject.OutConn(s.id)
+	if err != nil {
+		return err
+	}
+	if s.subConn, err = h.g.subscribe(connSubj, func(m *nats.Msg) { h.g.deliver(m, []*socket{s}) }); err != nil {
+		return err
+	}
+	uid := s.conn.UserID
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.sockets[s.id] = s
+	u := h.users[uid]
+	if u == nil {
+		u = &userEntry{sockets: map[*socket]struct{}{}}
+		userSubj, err := subject.OutUser(uid)
+		if err != nil {
+			return err
+		}
+		devSubj, err := subject.OutDeviceAll(uid)
+		if err != nil {
+			return err
+		}
+		for _, sub := range []struct {
+			subj string
+			fn   func(*nats.Msg)
+		}{
+			{userSubj, func(m *nats.Msg) { h.g.deliver(m, h.userSockets(uid, "")) }},
+			{devSubj, func(m *nats.Msg) { h.deliverDevice(uid, m) }},
+		} {
+			ns, err := h.g.subscribe(sub.subj, sub.fn)
+			if err != nil {
+				for _, x := range u.subs {
+					h.g.unsubscribe(x)
+				}
+				return err
+			}
+			u.subs = append(u.subs, ns)
+		}
+		h.users[uid] = u
+	}
+	u.sockets[s] = struct{}{}
+	return nil
+}
+
+// removeSocket drops s's interest and, with release, frees its slot in
+// presence (asynchronously; Stop waits for it).
+func (h *hub) removeSocket(s *socket, release bool) {
+	h.mu.Lock()
+	if h.sockets[s.id] == s {
+		delete(h.sockets, s.id)
+	}
+	var drop []*nats.Subscription
+	if u := h.users[s.conn.UserID]; u != nil {
+		delete(u.sockets, s)
+		if len(u.sockets) == 0 {
+			drop = u.subs
+			delete(h.users, s.conn.UserID)
+		}
+	}
+	h.mu.Unlock()
+	h.g.unsubscribe(s.subConn)
+	for _, sub := range drop {
+		h.g.unsubscribe(sub)
+	}
+	s.dropAcks()
+	if release {
+		h.releases.Add(1)
+		go func() {
+			defer h.releases.Done()
+			h.g.release(api.ReleaseRequest{SocketID: s.id, UserID: s.conn.UserID})
+		}()
+	}
+}
+
+func (h *hub) waitReleases(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { h.releases.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// userSockets returns the sockets of a user, of one device when deviceID is
+// set.
+func (h *hub) userSockets(uid, deviceID string) []*socket {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	u := h.users[uid]
+	if u == nil {
+		return nil
+	}
+	out := make([]*socket, 0, len(u.sockets))
+	for s := range u.sockets {
+		if deviceID == "" || s.conn.DeviceID == deviceID {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (h *hub) deliverDevice(uid string, m *nats.Msg) {
+	t, err := subject.ParseOut(m.Subject)
+	if err != nil || t.Kind != "device" || t.UserID != uid {
+		h.g.log.Warn("bad device subject", "subject", m.Subject)
+		return
+	}
+	h.g.deliver(m, h.userSockets(uid, t.DeviceID))
+}
+
+func (h *hub) deliverAll(m *nats.Msg) {
+	h.mu.RLock()
+	out := make([]*socket, 0, len(h.sockets))
+	for _, s := range h.sockets {
+		out = append(out, s)
+	}
+	h.mu.RUnlock()
+	h.g.deliver(m, out)
+}
+
+// deliver sends one sb.out message to its local recipients. The packet is
+// encoded once per namespace, not per recipient.
+func (g *Gateway) deliver(m *nats.Msg, to []*socket) {
+	name := m.Header.Get(api.HeaderEvent)
+	if name == "" || socketio.Reserved(name) {
+		g.log.Warn("delivery without a valid Sb-Event header dropped", "subject", m.Subject, "event", name)
+		g.respondError(m.Reply, api.CodeBadRequest, "missing or reserved "+api.HeaderEvent+" header")
+		return
+	}
+	args := deliveryArgs(m.Data)
+	if m.Reply != "" {
+		for _, s := range to {
+			s.emitWithAck(name, args, m.Reply)
+		}
+		return
+	}
+	payload := socketio.EventPayload(name, args...)
+	var byNS map[string]engineio.Packet
+	for _, s := range to {
+		p, ok := byNS[s.ns]
+		if !ok {
+			p = engineio.Packet{Type: engineio.Message, Data: socketio.Packet{Type: socketio.Event, Namespace: s.ns, Data: payload}.Encode()}
+			if byNS == nil {
+				byNS = map[string]engineio.Packet{}
+			}
+			byNS[s.ns] = p
+		}
+		s.deliver(p)
+	}
+}
+
+// deliveryArgs reads a delivery body: empty → no argument, JSON → that
+// value, anything else → the text as a JSON string.
+func deliveryArgs(data []byte) []json.RawMessage {
+	switch {
+	case len(strings.TrimSpace(string(data))) == 0:
+		return nil
+	case json.Valid(data):
+		return []json.RawMessage{data}
+	}
+	return []json.RawMessage{mustJSON(string(data))}
+}
+
+func (g *Gateway) respondError(reply string, code int, msg string) {
+	if reply == "" {
+		return
+	}
+	m := nats.NewMsg(reply)
+	m.Header.Set(micro.ErrorCodeHeader, strconv.Itoa(code))
+	m.Header.Set(micro.ErrorHeader, msg)
+	_ = g.nc.PublishMsg(m)
+}

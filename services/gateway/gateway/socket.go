@@ -1,0 +1,385 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/engineio"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
+	"github.com/switchboard-rt/switchboard/pkg/socketio"
+	"github.com/switchboard-rt/switchboard/pkg/subject"
+)
+
+var (
+	errBinaryUnsupported = errors.New("binary packets are not supported")
+	errUnexpectedPacket  = errors.New("unexpected packet")
+)
+
+type socketState uint8
+
+const (
+	statePending socketState = iota
+	stateConnected
+	stateClosed
+)
+
+// socket is one Socket.IO socket: a namespace joined on an engine.
+type socket struct {
+	e    *engine
+	ns   string
+	id   string
+	conn api.Conn
+
+	// Guarded by e.mu.
+	state   socketState
+	pending []engineio.Packet // deliveries that arrived before the CONNECT reply
+
+	ackMu    sync.Mutex
+	nextAck  uint64
+	acks     map[uint64]string // server→client ack id → NATS reply subject
+	inflight int               // client→server requests awaiting a reply
+
+	subConn *nats.Subscription
+}
+
+func (s *socket) isConnected() bool {
+	s.e.mu.Lock()
+	defer s.e.mu.Unlock()
+	return s.state == stateConnected
+}
+
+// markClosed moves the socket to closed and reports whether it held (or was
+// acquiring) a slot that must be released. Callers hold e.mu or own s.
+func (s *socket) markClosed() bool {
+	was := s.state
+	s.state = stateClosed
+	return was == stateConnected
+}
+
+// connect runs the handshake of CONTRACT §2.1 for one CONNECT packet.
+func (e *engine) connect(p socketio.Packet) {
+	g := e.g
+	ns := p.Namespace
+	if !g.nsAllow[ns] {
+		e.connectError(ns, msgInvalidNamespace)
+		return
+	}
+	var auth map[string]json.RawMessage
+	if len(p.Data) > 0 {
+		if err := json.Unmarshal(p.Data, &auth); err != nil {
+			e.malformed(err)
+			return
+		}
+	}
+	e.mu.Lock()
+	if e.closed || e.sockets[ns] != nil {
+		e.mu.Unlock() // a CONNECT for a namespace already joined (or joining) is ignored
+		return
+	}
+	s := &socket{e: e, ns: ns, id: newID(), acks: map[uint64]string{}}
+	e.sockets[ns] = s
+	e.mu.Unlock()
+
+	fail := func(msg string) {
+		e.mu.Lock()
+		if e.sockets[ns] == s {
+			delete(e.sockets, ns)
+		}
+		s.state = stateClosed
+		e.mu.Unlock()
+		e.connectError(ns, msg)
+	}
+
+	devID, ok := deviceID(e.query["deviceId"], auth["deviceId"], s.id)
+	if !ok {
+		fail(msgInvalidDevice)
+		return
+	}
+	uid := s.id
+	if !g.opts.noAuth {
+		token, msg := credentials{
+			authToken:  auth["token"],
+			header:     e.header.Get("Authorization"),
+			query:      first(e.query["token"]),
+			allowQuery: g.cfg.AllowQueryToken,
+		}.token()
+		if msg != "" {
+			fail(msg)
+			return
+		}
+		ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RequestTimeout)
+		id, err := natsx.Request[api.VerifyReply](ctx, g.nc, subject.AuthVerify, api.VerifyRequest{Token: token})
+		cancel()
+		if err != nil {
+			if code := natsx.CodeOf(err); code == api.CodeUnauthorized || code == api.CodeBadRequest {
+				fail(msgUnauthorized)
+			} else {
+				e.log().Warn("verify token", "err", err)
+				fail(msgUnavailable)
+			}
+			return
+		}
+		uid = id.UserID
+	}
+	s.conn = api.Conn{
+		SocketID:  s.id,
+		UserID:    uid,
+		DeviceID:  devID,
+		IP:        e.ip,
+		UserAgent: e.userAgent,
+		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
+		Gateway:   g.id,
+	}
+	// Subscribe before admitting: presence's `connections` update for this
+	// socket is published after the admit and must not be missed.
+	if err := g.hub.addSocket(s); err != nil {
+		e.log().Warn("subscribe socket", "err", err)
+		fail(msgUnavailable)
+		return
+	}
+	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RequestTimeout)
+	_, err := natsx.Request[api.AdmitReply](ctx, g.nc, subject.PresenceAdmit, api.AdmitRequest{Conn: s.conn})
+	cancel()
+	if err != nil {
+		// A timed-out admit may still have taken the slot: release anyway.
+		g.hub.removeSocket(s, natsx.CodeOf(err) != api.CodeTooMany)
+		if natsx.CodeOf(err) == api.CodeTooMany {
+			fail(msgTooMany)
+		} else {
+			e.log().Warn("admit connection", "err", err)
+			fail(msgUnavailable)
+		}
+		return
+	}
+
+	e.mu.Lock()
+	if e.closed || s.state != statePending {
+		e.mu.Unlock()
+		g.hub.removeSocket(s, true) // the client left during the handshake
+		return
+	}
+	s.state = stateConnected
+	e.connected = true
+	sid, _ := json.Marshal(map[string]string{"sid": s.id})
+	e.tr.send(engineio.Packet{Type: engineio.Message, Data: socketio.Packet{Type: socketio.Connect, Namespace: ns, Data: sid}.Encode()})
+	for _, p := range s.pending {
+		e.tr.send(p)
+	}
+	s.pending = nil
+	e.mu.Unlock()
+	g.sched.Cancel(timerKey{e: e, kind: timerConnect})
+	e.log().Debug("socket connected", "socket", s.id, "user", uid, "device", devID, "namespace", ns)
+}
+
+func first(v []string) string {
+	if len(v) == 0 {
+		return ""
+	}
+	return v[0]
+}
+
+// deliver queues one Engine.IO packet for the socket, holding it while the
+// CONNECT reply has not been sent.
+func (s *socket) deliver(p engineio.Packet) {
+	e := s.e
+	e.mu.Lock()
+	switch s.state {
+	case statePending:
+		if len(s.pending) >= e.g.cfg.SendQueue {
+			e.mu.Unlock()
+			go e.close(closeSlow)
+			return
+		}
+		s.pending = append(s.pending, p)
+	case stateConnected:
+		if !e.closed {
+			e.tr.send(p)
+		}
+	}
+	e.mu.Unlock()
+}
+
+// onEvent forwards a client event to sb.in.<event>: a request when the client
+// asked for an ack, a publish otherwise.
+func (s *socket) onEvent(p socketio.Packet) {
+	name, args, err := p.Event()
+	if err != nil {
+		s.e.malformed(err)
+		return
+	}
+	fail := func(msg string) {
+		if p.HasID {
+			s.sendAck(p.ID, errorArgs(msg))
+		} else {
+			s.emit(api.EventException, mustJSON(api.ErrorStatus(msg)))
+		}
+	}
+	if socketio.Reserved(name) {
+		fail("Reserved event name: " + name)
+		return
+	}
+	subj, err := subject.In(name)
+	if err != nil {
+		fail("Invalid event name")
+		return
+	}
+	m := nats.NewMsg(subj)
+	m.Header.Set(api.HeaderEvent, name)
+	m.Header.Set(api.HeaderUser, s.conn.UserID)
+	m.Header.Set(api.HeaderDevice, s.conn.DeviceID)
+	m.Header.Set(api.HeaderSocket, s.id)
+	m.Header.Set(api.HeaderNamespace, s.ns)
+	m.Header.Set(api.HeaderGateway, s.e.g.id)
+	m.Data = socketio.ArrayPayload(args...)
+	if !p.HasID {
+		if err := s.e.g.nc.PublishMsg(m); err != nil {
+			fail(msgUnavailable)
+		}
+		return
+	}
+	s.ackMu.Lock()
+	if s.inflight >= s.e.g.cfg.MaxPendingAcks {
+		s.ackMu.Unlock()
+		fail("Too many pending requests")
+		return
+	}
+	s.inflight++
+	s.ackMu.Unlock()
+	go s.request(m, p.ID)
+}
+
+func (s *socket) request(m *nats.Msg, ackID uint64) {
+	defer func() {
+		s.ackMu.Lock()
+		s.inflight--
+		s.ackMu.Unlock()
+	}()
+	ctx, cancel := context.WithTimeout(s.e.g.ctx, s.e.g.cfg.RequestTimeout)
+	defer cancel()
+	reply, err := natsx.RequestMsg(ctx, s.e.g.nc, m)
+	switch {
+	case errors.Is(err, natsx.ErrUnavailable) && errors.Is(err, nats.ErrNoResponders):
+		s.sendAck(ackID, errorArgs("No handler for event "+m.Header.Get(api.HeaderEvent)))
+	case err != nil:
+		s.sendAck(ackID, errorArgs(msgUnavailable))
+	default:
+		s.sendAck(ackID, ackArgs(reply))
+	}
+}
+
+// ackArgs turns a service's reply into ACK arguments (see docs).
+func ackArgs(reply *nats.Msg) json.RawMessage {
+	if e := natsx.ErrorFromMsg(reply); e != nil {
+		return errorArgs(e.Message)
+	}
+	return argsOf(reply.Data, true)
+}
+
+// argsOf reads a NATS body as Socket.IO arguments. With list set, a JSON
+// array is the argument list; otherwise the body is a single argument.
+// Empty bodies give no arguments; bodies that are not JSON travel as a string.
+func argsOf(data []byte, list bool) json.RawMessage {
+	if len(data) == 0 {
+		return json.RawMessage("[]")
+	}
+	if !json.Valid(data) {
+		return socketio.ArrayPayload(mustJSON(string(data)))
+	}
+	if list && firstNonSpace(data) == '[' {
+		return data
+	}
+	return socketio.ArrayPayload(data)
+}
+
+func firstNonSpace(b []byte) byte {
+	for _, c := range b {
+		if c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+			return c
+		}
+	}
+	return 0
+}
+
+func errorArgs(msg string) json.RawMessage {
+	return socketio.ArrayPayload(mustJSON(api.ErrorStatus(msg)))
+}
+
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only called with values that always marshal
+	}
+	return b
+}
+
+func (s *socket) sendAck(id uint64, args json.RawMessage) {
+	s.deliver(engineio.Packet{Type: engineio.Message, Data: socketio.Packet{
+		Type: socketio.Ack, Namespace: s.ns, HasID: true, ID: id, Data: args,
+	}.Encode()})
+}
+
+// emit sends a server event with one argument.
+func (s *socket) emit(name string, arg json.RawMessage) {
+	s.deliver(engineio.Packet{Type: engineio.Message, Data: socketio.Packet{
+		Type: socketio.Event, Namespace: s.ns, Data: socketio.EventPayload(name, arg),
+	}.Encode()})
+}
+
+// emitWithAck sends a server event whose client ack is published to reply.
+func (s *socket) emitWithAck(name string, args []json.RawMessage, reply string) {
+	s.ackMu.Lock()
+	if len(s.acks) >= s.e.g.cfg.MaxPendingAcks {
+		s.ackMu.Unlock()
+		s.e.g.respondError(reply, api.CodeTooMany, "too many pending acks for this connection")
+		return
+	}
+	s.nextAck++
+	id := s.nextAck
+	s.acks[id] = reply
+	s.ackMu.Unlock()
+	s.e.g.sched.Set(timerKey{s: s, kind: timerAck, id: id}, time.Now().Add(s.e.g.cfg.RequestTimeout*2))
+	s.deliver(engineio.Packet{Type: engineio.Message, Data: socketio.Packet{
+		Type: socketio.Event, Namespace: s.ns, HasID: true, ID: id, Data: socketio.EventPayload(name, args...),
+	}.Encode()})
+}
+
+// onAck publishes a client's ACK to the service that asked for it.
+func (s *socket) onAck(p socketio.Packet) {
+	s.ackMu.Lock()
+	reply, ok := s.acks[p.ID]
+	delete(s.acks, p.ID)
+	s.ackMu.Unlock()
+	if !ok {
+		s.e.log().Debug("ack for unknown id", "id", p.ID)
+		return
+	}
+	s.e.g.sched.Cancel(timerKey{s: s, kind: timerAck, id: p.ID})
+	if err := s.e.g.nc.Publish(reply, p.Data); err != nil {
+		s.e.log().Debug("publish ack", "err", err)
+	}
+}
+
+func (s *socket) expireAck(id uint64) {
+	s.ackMu.Lock()
+	delete(s.acks, id)
+	s.ackMu.Unlock()
+}
+
+func (s *socket) dropAcks() {
+	s.ackMu.Lock()
+	ids := make([]uint64, 0, len(s.acks))
+	for id := range s.acks {
+		ids = append(ids, id)
+	}
+	s.acks = map[uint64]string{}
+	s.ackMu.Unlock()
+	for _, id := range ids {
+		s.e.g.sched.Cancel(timerKey{s: s, kind: timerAck, id: id})
+	}
+}
