@@ -43,7 +43,10 @@ func Load(cfg any, name string, args, environ []string, usage io.Writer) ([]stri
 	known := map[string]reflect.Kind{}
 	envKey := map[string]string{}
 	for key, v := range k.All() {
-		known[key] = reflect.TypeOf(v).Kind()
+		known[key] = reflect.Invalid // a nil pointer or map: set from text
+		if v != nil {
+			known[key] = reflect.TypeOf(v).Kind()
+		}
 		envKey[envName(key)] = key
 	}
 

@@ -233,3 +233,13 @@ func GatewayControl(gatewayID, op string) (string, error) {
 const (
 	OpDisconnect = "disconnect"
 )
+
+// EngineRequest is where the gateway holding a long-polling session answers
+// the HTTP requests that other gateways received for it.
+func EngineRequest(engineID string) (string, error) {
+	t, err := enc(engineID)
+	if err != nil {
+		return "", err
+	}
+	return join(Prefix, "engine", t[0]), nil
+}

@@ -7,8 +7,10 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/olahol/melody"
 
 	"github.com/switchboard-rt/switchboard/pkg/engineio"
@@ -16,19 +18,36 @@ import (
 )
 
 // transport is what an engine writes Engine.IO packets to.
+// Packets passed in one call are sent together and in order.
 type transport interface {
-	send(p engineio.Packet)
+	send(ps ...engineio.Packet)
 	close(code int, reason string)
 }
 
-type wsTransport struct{ s *melody.Session }
+var (
+	_ transport = (*wsTransport)(nil)
+	_ transport = (*pollTransport)(nil)
+)
 
-func (t *wsTransport) send(p engineio.Packet) {
-	if p.Binary {
-		_ = t.s.WriteBinary(p.Data)
-		return
+// wsTransport writes to a melody session. Once its bounded queue overflowed
+// (broken), nothing more is written: the connection is being closed, and a
+// later message must not arrive after a lost one.
+type wsTransport struct {
+	s      *melody.Session
+	broken *atomic.Bool
+}
+
+func (t *wsTransport) send(ps ...engineio.Packet) {
+	for _, p := range ps {
+		if t.broken.Load() {
+			return
+		}
+		if p.Binary {
+			_ = t.s.WriteBinary(p.Data)
+		} else {
+			_ = t.s.Write(p.Text())
+		}
 	}
-	_ = t.s.Write(p.Text())
 }
 
 func (t *wsTransport) close(code int, reason string) {
@@ -104,11 +123,25 @@ type engine struct {
 	header    http.Header
 	query     map[string][]string
 
-	mu        sync.Mutex
-	tr        transport
-	sockets   map[string]*socket // by namespace
-	connected bool               // a CONNECT succeeded once
-	closed    bool
+	// inMu serialises the client's input (WebSocket reader, POSTs).
+	inMu sync.Mutex
+	// broken is set when a send queue overflowed.
+	broken atomic.Bool
+
+	mu             sync.Mutex
+	tr             transport
+	polling        *pollTransport // set while (or after) the engine polled
+	upgrading      *wsTransport   // a WebSocket probing to take over from polling
+	upgradeStarted bool
+	forwardSub     *nats.Subscription
+	sockets        map[string]*socket // by namespace
+	connected      bool               // a CONNECT succeeded once
+	closed         bool
+
+	// A BINARY_EVENT or BINARY_ACK waiting for its attachments. Only the
+	// transport's reader touches it.
+	binPacket *socketio.Packet
+	binParts  [][]byte
 }
 
 func newEngine(g *Gateway, r *http.Request) *engine {
@@ -151,13 +184,18 @@ type openPayload struct {
 
 // attach binds the engine to its transport and sends the open packet.
 func (e *engine) attach(tr transport) {
+	upgrades := []string{}
 	e.mu.Lock()
 	e.tr = tr
+	if pt, ok := tr.(*pollTransport); ok {
+		e.polling = pt
+		upgrades = []string{"websocket"}
+	}
 	e.mu.Unlock()
 	e.g.hub.addEngine(e)
 	open, _ := json.Marshal(openPayload{
 		SID:          e.id,
-		Upgrades:     []string{},
+		Upgrades:     upgrades,
 		PingInterval: e.g.cfg.PingInterval.Milliseconds(),
 		PingTimeout:  e.g.cfg.PingTimeout.Milliseconds(),
 		MaxPayload:   e.g.cfg.MaxPayload,
@@ -199,6 +237,11 @@ func (e *engine) onFrame(b []byte, binary bool) {
 		e.malformed(err)
 		return
 	}
+	e.onPacket(p)
+}
+
+// onPacket handles one Engine.IO packet from the client.
+func (e *engine) onPacket(p engineio.Packet) {
 	switch p.Type {
 	case engineio.Pong:
 		e.g.sched.Cancel(timerKey{e: e, kind: timerPong})
@@ -206,11 +249,7 @@ func (e *engine) onFrame(b []byte, binary bool) {
 	case engineio.Ping:
 		e.sendPacket(engineio.Packet{Type: engineio.Pong, Data: p.Data})
 	case engineio.Message:
-		if p.Binary {
-			e.malformed(errBinaryUnsupported)
-			return
-		}
-		e.onSocketIO(p.Data)
+		e.onMessage(p)
 	case engineio.Close:
 		e.close(closeClient)
 	case engineio.Noop, engineio.Upgrade:
@@ -224,12 +263,39 @@ func (e *engine) malformed(err error) {
 	e.close(closeMalformed)
 }
 
-func (e *engine) onSocketIO(b []byte) {
-	p, err := socketio.Decode(b)
+// onMessage reassembles binary packets: a BINARY_EVENT or BINARY_ACK is
+// followed by exactly its number of binary messages.
+func (e *engine) onMessage(m engineio.Packet) {
+	if m.Binary {
+		if e.binPacket == nil {
+			e.malformed(errUnexpectedBinary)
+			return
+		}
+		e.binParts = append(e.binParts, m.Data)
+		if len(e.binParts) == e.binPacket.Attachments {
+			p, parts := *e.binPacket, e.binParts
+			e.binPacket, e.binParts = nil, nil
+			e.onSocketIO(p, parts)
+		}
+		return
+	}
+	if e.binPacket != nil {
+		e.malformed(errMissingAttachment)
+		return
+	}
+	p, err := socketio.Decode(m.Data)
 	if err != nil {
 		e.malformed(err)
 		return
 	}
+	if p.Type.IsBinary() && p.Attachments > 0 {
+		e.binPacket = &p
+		return
+	}
+	e.onSocketIO(p, nil)
+}
+
+func (e *engine) onSocketIO(p socketio.Packet, parts [][]byte) {
 	switch p.Type {
 	case socketio.Connect:
 		e.connect(p)
@@ -237,15 +303,15 @@ func (e *engine) onSocketIO(b []byte) {
 		if s := e.socket(p.Namespace); s != nil {
 			e.removeSocket(s, false)
 		}
-	case socketio.Event:
+	case socketio.Event, socketio.BinaryEvent:
 		if s := e.socket(p.Namespace); s != nil && s.isConnected() {
-			s.onEvent(p)
+			s.onEvent(p, parts)
 		} else {
 			e.log().Debug("event for a namespace not connected", "namespace", p.Namespace)
 		}
-	case socketio.Ack:
+	case socketio.Ack, socketio.BinaryAck:
 		if s := e.socket(p.Namespace); s != nil {
-			s.onAck(p)
+			s.onAck(p, parts)
 		}
 	default: // CONNECT_ERROR from a client, binary packets
 		e.malformed(errUnexpectedPacket)
@@ -331,6 +397,17 @@ func (e *engine) close(why closeReason) {
 		}
 		tr.close(code, why.String())
 	}
+	e.mu.Lock()
+	if e.upgrading != nil {
+		e.upgrading.close(1000, why.String())
+		e.upgrading = nil
+	}
+	if e.polling != nil && e.polling != tr {
+		e.polling.close(0, "")
+	}
+	fwd := e.forwardSub
+	e.mu.Unlock()
+	e.g.unsubscribe(fwd)
 	e.g.hub.removeEngine(e)
 	e.log().Debug("engine closed", "reason", why.String())
 }

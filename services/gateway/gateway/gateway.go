@@ -107,9 +107,9 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	g.m.Config.MessageBufferSize = cfg.SendQueue
 	g.m.Upgrader.CheckOrigin = g.origins.allow
 	g.m.HandleConnect(g.onWSConnect)
-	g.m.HandleMessage(func(s *melody.Session, b []byte) { engineOf(s).onFrame(b, false) })
-	g.m.HandleMessageBinary(func(s *melody.Session, b []byte) { engineOf(s).onFrame(b, true) })
-	g.m.HandleDisconnect(func(s *melody.Session) { engineOf(s).close(closeTransport) })
+	g.m.HandleMessage(func(s *melody.Session, b []byte) { engineOf(s).onWSFrame(s, b, false) })
+	g.m.HandleMessageBinary(func(s *melody.Session, b []byte) { engineOf(s).onWSFrame(s, b, true) })
+	g.m.HandleDisconnect(func(s *melody.Session) { engineOf(s).onWSClosed(s) })
 	g.m.HandleError(g.onWSError)
 
 	n := max(2, runtime.GOMAXPROCS(0))
@@ -209,54 +209,125 @@ type engineError struct {
 	message string
 }
 
-func (e engineError) write(w http.ResponseWriter) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(e.status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"code": e.code, "message": e.message})
+func (e engineError) json() []byte {
+	b, _ := json.Marshal(map[string]any{"code": e.code, "message": e.message})
+	return b
 }
 
+func (e engineError) write(w http.ResponseWriter) {
+	writeReply(w, engineErrReply(e))
+}
+
+func writeReply(w http.ResponseWriter, r httpReply) {
+	w.Header().Set("Content-Type", r.contentType)
+	w.WriteHeader(r.status)
+	_, _ = w.Write(r.body)
+}
+
+// serveEngine is the Engine.IO endpoint: WebSocket handshakes and upgrades,
+// and long-polling requests, answered here or forwarded over NATS to the
+// gateway that holds the session.
 func (g *Gateway) serveEngine(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path != g.cfg.Path {
 		http.NotFound(w, r)
 		return
 	}
-	q := r.URL.Query()
-	switch {
-	case q.Get("EIO") != "4":
-		errBadVersion.write(w)
-		return
-	case q.Get("transport") != "websocket":
-		errTransportUnknown.write(w)
-		return
-	case q.Get("sid") != "":
-		errSessionUnknown.write(w)
-		return
-	case r.Method != http.MethodGet:
-		errBadMethod.write(w)
-		return
-	case !g.origins.allow(r):
+	if !g.origins.allow(r) {
 		errForbidden.write(w)
 		return
 	}
-	e := newEngine(g, r)
-	if err := g.m.HandleRequestWithKeys(w, r, map[string]any{engineKey: e}); err != nil {
+	if origin := r.Header.Get("Origin"); origin != "" {
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", origin)
+		h.Set("Access-Control-Allow-Credentials", "true")
+		h.Add("Vary", "Origin")
+	}
+	if r.Method == http.MethodOptions {
+		h := w.Header()
+		h.Set("Access-Control-Allow-Methods", "GET, POST")
+		if req := r.Header.Get("Access-Control-Request-Headers"); req != "" {
+			h.Set("Access-Control-Allow-Headers", req)
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	q := r.URL.Query()
+	sid := q.Get("sid")
+	switch {
+	case q.Get("EIO") != "4":
+		errBadVersion.write(w)
+	case q.Get("transport") == "websocket":
+		if r.Method != http.MethodGet {
+			errBadMethod.write(w)
+			return
+		}
+		if sid == "" {
+			g.acceptWebSocket(w, r, newEngine(g, r), false)
+			return
+		}
+		e := g.hub.engine(sid)
+		if e == nil || !e.startUpgrade() {
+			errSessionUnknown.write(w) // unknown here, already upgraded, or upgrading
+			return
+		}
+		g.acceptWebSocket(w, r, e, true)
+	case q.Get("transport") == "polling":
+		switch {
+		case sid == "" && r.Method == http.MethodGet:
+			e := newEngine(g, r)
+			e.attach(newPollTransport(e, g.cfg.SendQueue))
+			if err := g.hub.addForward(e); err != nil {
+				g.log.Warn("engine forwarding", "err", err)
+			}
+			writeReply(w, e.servePoll(r.Context(), http.MethodGet, nil))
+		case sid == "":
+			errBadMethod.write(w)
+		case r.Method != http.MethodGet && r.Method != http.MethodPost:
+			errBadMethod.write(w)
+		default:
+			body, err := readBody(r, g.cfg.MaxPayload)
+			if err != nil {
+				errBadRequest.write(w)
+				return
+			}
+			if e := g.hub.engine(sid); e != nil {
+				writeReply(w, e.servePoll(r.Context(), r.Method, body))
+				return
+			}
+			writeReply(w, g.forward(r.Context(), sid, r.Method, body))
+		}
+	default:
+		errTransportUnknown.write(w)
+	}
+}
+
+func (g *Gateway) acceptWebSocket(w http.ResponseWriter, r *http.Request, e *engine, probe bool) {
+	keys := map[string]any{engineKey: e}
+	if probe {
+		keys[probeKey] = true
+	}
+	if err := g.m.HandleRequestWithKeys(w, r, keys); err != nil {
 		g.log.Debug("websocket upgrade", "err", err)
-		if !headerWritten(w) {
-			errBadRequest.write(w)
+		if probe {
+			e.abortUpgrade(nil)
 		}
 	}
 }
 
-// headerWritten is conservative: gorilla answers failed upgrades itself.
-func headerWritten(http.ResponseWriter) bool { return true }
-
-const engineKey = "engine"
+const (
+	engineKey = "engine"
+	probeKey  = "probe"
+)
 
 func engineOf(s *melody.Session) *engine { return s.Keys[engineKey].(*engine) }
 
 func (g *Gateway) onWSConnect(s *melody.Session) {
 	e := engineOf(s)
-	e.attach(&wsTransport{s: s})
+	if _, probe := s.Keys[probeKey]; probe {
+		e.probeConnected(&wsTransport{s: s, broken: &e.broken})
+		return
+	}
+	e.attach(&wsTransport{s: s, broken: &e.broken})
 }
 
 func (g *Gateway) onWSError(s *melody.Session, err error) {
@@ -265,6 +336,7 @@ func (g *Gateway) onWSError(s *melody.Session, err error) {
 		// connection rather than drop messages while it stays open.
 		// melody reports this from inside a write, under the engine's lock.
 		e := engineOf(s)
+		e.broken.Store(true)
 		g.log.Warn("send queue full, closing slow client", "engine", e.id)
 		go e.close(closeSlow)
 		return

@@ -23,7 +23,7 @@ type hub struct {
 	g *Gateway
 
 	mu      sync.RWMutex
-	engs    map[*engine]struct{}
+	engs    map[string]*engine // by engine id
 	sockets map[string]*socket // by socket id
 	users   map[string]*userEntry
 
@@ -36,18 +36,20 @@ type userEntry struct {
 }
 
 func newHub(g *Gateway) *hub {
-	return &hub{g: g, engs: map[*engine]struct{}{}, sockets: map[string]*socket{}, users: map[string]*userEntry{}}
+	return &hub{g: g, engs: map[string]*engine{}, sockets: map[string]*socket{}, users: map[string]*userEntry{}}
 }
 
 func (h *hub) addEngine(e *engine) {
 	h.mu.Lock()
-	h.engs[e] = struct{}{}
+	h.engs[e.id] = e
 	h.mu.Unlock()
 }
 
 func (h *hub) removeEngine(e *engine) {
 	h.mu.Lock()
-	delete(h.engs, e)
+	if h.engs[e.id] == e {
+		delete(h.engs, e.id)
+	}
 	h.mu.Unlock()
 }
 
@@ -55,10 +57,16 @@ func (h *hub) engines() []*engine {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	out := make([]*engine, 0, len(h.engs))
-	for e := range h.engs {
+	for _, e := range h.engs {
 		out = append(out, e)
 	}
 	return out
+}
+
+func (h *hub) engine(id string) *engine {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.engs[id]
 }
 
 func (h *hub) count() int {
@@ -212,17 +220,17 @@ func (g *Gateway) deliver(m *nats.Msg, to []*socket) {
 		return
 	}
 	payload := socketio.EventPayload(name, args...)
-	var byNS map[string]engineio.Packet
+	var byNS map[string][]engineio.Packet
 	for _, s := range to {
-		p, ok := byNS[s.ns]
+		ps, ok := byNS[s.ns]
 		if !ok {
-			p = engineio.Packet{Type: engineio.Message, Data: socketio.Packet{Type: socketio.Event, Namespace: s.ns, Data: payload}.Encode()}
+			ps = sioPackets(socketio.Event, s.ns, false, 0, payload)
 			if byNS == nil {
-				byNS = map[string]engineio.Packet{}
+				byNS = map[string][]engineio.Packet{}
 			}
-			byNS[s.ns] = p
+			byNS[s.ns] = ps
 		}
-		s.deliver(p)
+		s.deliver(ps...)
 	}
 }
 

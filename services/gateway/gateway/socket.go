@@ -17,7 +17,8 @@ import (
 )
 
 var (
-	errBinaryUnsupported = errors.New("binary packets are not supported")
+	errUnexpectedBinary  = errors.New("binary message without a binary packet")
+	errMissingAttachment = errors.New("text message while attachments were due")
 	errUnexpectedPacket  = errors.New("unexpected packet")
 )
 
@@ -184,30 +185,58 @@ func first(v []string) string {
 	return v[0]
 }
 
-// deliver queues one Engine.IO packet for the socket, holding it while the
-// CONNECT reply has not been sent.
-func (s *socket) deliver(p engineio.Packet) {
+// deliver queues Engine.IO packets for the socket (together, in order),
+// holding them while the CONNECT reply has not been sent.
+func (s *socket) deliver(ps ...engineio.Packet) {
 	e := s.e
 	e.mu.Lock()
 	switch s.state {
 	case statePending:
-		if len(s.pending) >= e.g.cfg.SendQueue {
+		if len(s.pending)+len(ps) > e.g.cfg.SendQueue {
 			e.mu.Unlock()
 			go e.close(closeSlow)
 			return
 		}
-		s.pending = append(s.pending, p)
+		s.pending = append(s.pending, ps...)
 	case stateConnected:
 		if !e.closed {
-			e.tr.send(p)
+			e.tr.send(ps...)
 		}
 	}
 	e.mu.Unlock()
 }
 
+// sioPackets encodes a Socket.IO EVENT or ACK as Engine.IO packets, turning
+// {"_binary":…} values into attachments (BINARY_EVENT, BINARY_ACK).
+func sioPackets(typ socketio.Type, ns string, hasID bool, id uint64, data json.RawMessage) []engineio.Packet {
+	var parts [][]byte
+	if socketio.HasBinary(data) {
+		if d, p, err := socketio.Deconstruct(data); err == nil && len(p) > 0 {
+			data, parts = d, p
+			typ += socketio.BinaryEvent - socketio.Event
+		}
+	}
+	out := make([]engineio.Packet, 0, 1+len(parts))
+	out = append(out, engineio.Packet{Type: engineio.Message, Data: socketio.Packet{
+		Type: typ, Namespace: ns, HasID: hasID, ID: id, Attachments: len(parts), Data: data,
+	}.Encode()})
+	for _, b := range parts {
+		out = append(out, engineio.Packet{Type: engineio.Message, Data: b, Binary: true})
+	}
+	return out
+}
+
 // onEvent forwards a client event to sb.in.<event>: a request when the client
 // asked for an ack, a publish otherwise.
-func (s *socket) onEvent(p socketio.Packet) {
+func (s *socket) onEvent(p socketio.Packet, parts [][]byte) {
+	if len(parts) > 0 {
+		data, err := socketio.Reconstruct(p.Data, parts)
+		if err != nil {
+			s.e.malformed(err)
+			return
+		}
+		p.Data = data
+	}
 	name, args, err := p.Event()
 	if err != nil {
 		s.e.malformed(err)
@@ -319,16 +348,12 @@ func mustJSON(v any) json.RawMessage {
 }
 
 func (s *socket) sendAck(id uint64, args json.RawMessage) {
-	s.deliver(engineio.Packet{Type: engineio.Message, Data: socketio.Packet{
-		Type: socketio.Ack, Namespace: s.ns, HasID: true, ID: id, Data: args,
-	}.Encode()})
+	s.deliver(sioPackets(socketio.Ack, s.ns, true, id, args)...)
 }
 
 // emit sends a server event with one argument.
 func (s *socket) emit(name string, arg json.RawMessage) {
-	s.deliver(engineio.Packet{Type: engineio.Message, Data: socketio.Packet{
-		Type: socketio.Event, Namespace: s.ns, Data: socketio.EventPayload(name, arg),
-	}.Encode()})
+	s.deliver(sioPackets(socketio.Event, s.ns, false, 0, socketio.EventPayload(name, arg))...)
 }
 
 // emitWithAck sends a server event whose client ack is published to reply.
@@ -344,13 +369,11 @@ func (s *socket) emitWithAck(name string, args []json.RawMessage, reply string) 
 	s.acks[id] = reply
 	s.ackMu.Unlock()
 	s.e.g.sched.Set(timerKey{s: s, kind: timerAck, id: id}, time.Now().Add(s.e.g.cfg.RequestTimeout*2))
-	s.deliver(engineio.Packet{Type: engineio.Message, Data: socketio.Packet{
-		Type: socketio.Event, Namespace: s.ns, HasID: true, ID: id, Data: socketio.EventPayload(name, args...),
-	}.Encode()})
+	s.deliver(sioPackets(socketio.Event, s.ns, true, id, socketio.EventPayload(name, args...))...)
 }
 
 // onAck publishes a client's ACK to the service that asked for it.
-func (s *socket) onAck(p socketio.Packet) {
+func (s *socket) onAck(p socketio.Packet, parts [][]byte) {
 	s.ackMu.Lock()
 	reply, ok := s.acks[p.ID]
 	delete(s.acks, p.ID)
@@ -360,7 +383,12 @@ func (s *socket) onAck(p socketio.Packet) {
 		return
 	}
 	s.e.g.sched.Cancel(timerKey{s: s, kind: timerAck, id: p.ID})
-	if err := s.e.g.nc.Publish(reply, p.Data); err != nil {
+	data, err := socketio.Reconstruct(p.Data, parts)
+	if err != nil {
+		s.e.malformed(err)
+		return
+	}
+	if err := s.e.g.nc.Publish(reply, data); err != nil {
 		s.e.log().Debug("publish ack", "err", err)
 	}
 }

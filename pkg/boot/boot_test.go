@@ -1,0 +1,98 @@
+package boot
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/switchboard-rt/switchboard/pkg/config"
+)
+
+type svcConfig struct {
+	NATS NATSConfig `koanf:"nats"`
+	Log  LogConfig  `koanf:"log"`
+	Auth struct {
+		Secret string `koanf:"secret"`
+	} `koanf:"auth"`
+}
+
+func TestNewLogger(t *testing.T) {
+	tests := []struct {
+		cfg     LogConfig
+		ok      bool
+		debug   bool
+		jsonOut bool
+	}{
+		{LogConfig{Level: "info", Format: "text"}, true, false, false},
+		{LogConfig{Level: "debug", Format: "JSON"}, true, true, true},
+		{LogConfig{Level: "warn", Format: ""}, true, false, false},
+		{LogConfig{Level: "loud", Format: "text"}, false, false, false},
+		{LogConfig{Level: "info", Format: "xml"}, false, false, false},
+	}
+	for _, tt := range tests {
+		var buf bytes.Buffer
+		log, err := NewLogger(&buf, tt.cfg)
+		if (err == nil) != tt.ok {
+			t.Errorf("NewLogger(%+v) error = %v, want ok=%v", tt.cfg, err, tt.ok)
+			continue
+		}
+		if !tt.ok {
+			continue
+		}
+		log.Debug("dbg")
+		if got := strings.Contains(buf.String(), "dbg"); got != tt.debug {
+			t.Errorf("%+v: debug logged = %v", tt.cfg, got)
+		}
+		buf.Reset()
+		log.Error("boom", "k", 1)
+		if tt.jsonOut && !json.Valid(bytes.TrimSpace(buf.Bytes())) {
+			t.Errorf("%+v: not JSON: %q", tt.cfg, buf.String())
+		}
+		if !strings.Contains(buf.String(), "boom") {
+			t.Errorf("%+v: error not logged: %q", tt.cfg, buf.String())
+		}
+	}
+}
+
+func TestInit(t *testing.T) {
+	cfg := svcConfig{NATS: DefaultNATS(), Log: DefaultLog()}
+	var out bytes.Buffer
+	log, rest, err := Init("auth", &cfg, &cfg.Log,
+		[]string{"-log.format=json", "extra"},
+		[]string{"SB_AUTH_SECRET=hunter2", "SB_NATS_REQUEST_TIMEOUT=750ms"}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if log == nil || len(rest) != 1 || rest[0] != "extra" {
+		t.Fatalf("log = %v, rest = %q", log, rest)
+	}
+	if cfg.NATS.Timeout != 750*time.Millisecond || cfg.Auth.Secret != "hunter2" || cfg.Log.Format != "json" {
+		t.Errorf("cfg = %+v", cfg)
+	}
+	var line map[string]any
+	if err := json.Unmarshal(bytes.TrimSpace(out.Bytes()), &line); err != nil {
+		t.Fatalf("settings line is not JSON: %q", out.String())
+	}
+	if line["service"] != "auth" || line["auth.secret"] != "***" || line["nats.request_timeout"] != "750ms" || line["nats.url"] != "nats://127.0.0.1:4222" {
+		t.Errorf("settings line = %v", line)
+	}
+	if strings.Contains(out.String(), "hunter2") {
+		t.Errorf("secret logged: %s", out.String())
+	}
+}
+
+func TestInitErrors(t *testing.T) {
+	cfg := svcConfig{NATS: DefaultNATS(), Log: DefaultLog()}
+	var out bytes.Buffer
+	if _, _, err := Init("x", &cfg, &cfg.Log, []string{"-h"}, nil, &out); !config.IsHelp(err) {
+		t.Errorf("-h: %v", err)
+	}
+	if _, _, err := Init("x", &cfg, &cfg.Log, nil, []string{"SB_LOG_LEVEL=loud"}, &out); err == nil {
+		t.Error("bad log level accepted")
+	}
+	if _, _, err := Init("x", &cfg, &cfg.Log, nil, []string{"SB_NOPE=1"}, &out); err == nil {
+		t.Error("unknown setting accepted")
+	}
+}
