@@ -132,3 +132,10 @@ type Status struct {
 
 // ErrorStatus builds the client-facing error body.
 func ErrorStatus(msg string) Status { return Status{Status: "error", Message: msg} }
+
+// Lifecycle client events the gateway publishes on sb.in.connect and
+// sb.in.disconnect (reserved names: clients cannot send them).
+const (
+	EventConnect    = "connect"
+	EventDisconnect = "disconnect"
+)

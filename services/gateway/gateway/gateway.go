@@ -33,12 +33,18 @@ import (
 type Option func(*options)
 
 type options struct {
-	noAuth bool
+	noAuth      bool
+	forwardAuth bool
 }
 
 // WithoutAuth admits every CONNECT without asking the auth service; the
 // user id is the socket id. Only development profiles use it.
 func WithoutAuth() Option { return func(o *options) { o.noAuth = true } }
+
+// ForwardAuth puts the CONNECT auth payload in the body of sb.in.connect.
+// By default it is never put on NATS (it usually holds a token); only the
+// protocol test profile uses this.
+func ForwardAuth() Option { return func(o *options) { o.forwardAuth = true } }
 
 // Gateway is a running Socket.IO gateway.
 type Gateway struct {

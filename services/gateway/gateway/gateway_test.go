@@ -266,6 +266,12 @@ func TestClientEventsReachNATS(t *testing.T) {
 	w, sid := st.mustConnect("hank", "deviceId=tab-1")
 	w.send(`42["chat.message",{"text":"hi"},2]`)
 	m, err := sub.NextMsg(2 * time.Second)
+	for err == nil && m.Subject == "sb.in.connect" {
+		if m.Header.Get(api.HeaderSocket) != sid || string(m.Data) != "[]" {
+			t.Errorf("connect event %v %s: the auth payload must not reach NATS", m.Header, m.Data)
+		}
+		m, err = sub.NextMsg(2 * time.Second)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -187,7 +187,7 @@ func (w *wsClient) expect(prefix string) string {
 		if strings.HasPrefix(s, prefix) {
 			return s
 		}
-		if strings.HasPrefix(s, `42["connections"`) {
+		if isUpdate(s) {
 			continue
 		}
 		w.t.Fatalf("got %q, want prefix %q", s, prefix)
@@ -252,8 +252,13 @@ func (w *wsClient) skipUpdates(d time.Duration) (string, error) {
 	deadline := time.Now().Add(d)
 	for {
 		s, err := w.tryRead(time.Until(deadline))
-		if err != nil || !strings.HasPrefix(s, `42["connections"`) {
+		if err != nil || !isUpdate(s) {
 			return s, err
 		}
 	}
+}
+
+// isUpdate reports whether a frame is a `connections` update (any namespace).
+func isUpdate(s string) bool {
+	return strings.HasPrefix(s, "42") && strings.Contains(s, `["connections",`)
 }

@@ -148,6 +148,9 @@ func (h *hub) removeSocket(s *socket, release bool) {
 		h.g.unsubscribe(sub)
 	}
 	s.dropAcks()
+	if s.announced.Load() {
+		s.publishLifecycle(api.EventDisconnect, json.RawMessage("[]"))
+	}
 	if release {
 		h.releases.Add(1)
 		go func() {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -46,7 +47,8 @@ type socket struct {
 	acks     map[uint64]string // server→client ack id → NATS reply subject
 	inflight int               // client→server requests awaiting a reply
 
-	subConn *nats.Subscription
+	subConn   *nats.Subscription
+	announced atomic.Bool // sb.in.connect was published
 }
 
 func (s *socket) isConnected() bool {
@@ -175,6 +177,12 @@ func (e *engine) connect(p socketio.Packet) {
 	s.pending = nil
 	e.mu.Unlock()
 	g.sched.Cancel(timerKey{e: e, kind: timerConnect})
+	connectArgs := json.RawMessage("[]")
+	if g.opts.forwardAuth && len(p.Data) > 0 {
+		connectArgs = socketio.ArrayPayload(p.Data)
+	}
+	s.announced.Store(true)
+	s.publishLifecycle(api.EventConnect, connectArgs)
 	e.log().Debug("socket connected", "socket", s.id, "user", uid, "device", devID, "namespace", ns)
 }
 
@@ -258,14 +266,7 @@ func (s *socket) onEvent(p socketio.Packet, parts [][]byte) {
 		fail("Invalid event name")
 		return
 	}
-	m := nats.NewMsg(subj)
-	m.Header.Set(api.HeaderEvent, name)
-	m.Header.Set(api.HeaderUser, s.conn.UserID)
-	m.Header.Set(api.HeaderDevice, s.conn.DeviceID)
-	m.Header.Set(api.HeaderSocket, s.id)
-	m.Header.Set(api.HeaderNamespace, s.ns)
-	m.Header.Set(api.HeaderGateway, s.e.g.id)
-	m.Data = socketio.ArrayPayload(args...)
+	m := s.inMsg(subj, name, socketio.ArrayPayload(args...))
 	if !p.HasID {
 		if err := s.e.g.nc.PublishMsg(m); err != nil {
 			fail(msgUnavailable)
@@ -281,6 +282,31 @@ func (s *socket) onEvent(p socketio.Packet, parts [][]byte) {
 	s.inflight++
 	s.ackMu.Unlock()
 	go s.request(m, p.ID)
+}
+
+// inMsg builds a message for sb.in.<event> with the socket's identity.
+func (s *socket) inMsg(subj, event string, body []byte) *nats.Msg {
+	m := nats.NewMsg(subj)
+	m.Header.Set(api.HeaderEvent, event)
+	m.Header.Set(api.HeaderUser, s.conn.UserID)
+	m.Header.Set(api.HeaderDevice, s.conn.DeviceID)
+	m.Header.Set(api.HeaderSocket, s.id)
+	m.Header.Set(api.HeaderNamespace, s.ns)
+	m.Header.Set(api.HeaderGateway, s.e.g.id)
+	m.Data = body
+	return m
+}
+
+// publishLifecycle tells services that the socket connected or left
+// (sb.in.connect, sb.in.disconnect: names no client can send).
+func (s *socket) publishLifecycle(event string, body []byte) {
+	subj, err := subject.In(event)
+	if err != nil {
+		return
+	}
+	if err := s.e.g.nc.PublishMsg(s.inMsg(subj, event, body)); err != nil {
+		s.e.log().Debug("publish lifecycle", "event", event, "err", err)
+	}
 }
 
 func (s *socket) request(m *nats.Msg, ackID uint64) {
