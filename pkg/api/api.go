@@ -14,7 +14,13 @@ const (
 	HeaderSocket    = "Sb-Socket"    // socket id of the sending client
 	HeaderNamespace = "Sb-Namespace" // Socket.IO namespace of the sending client
 	HeaderGateway   = "Sb-Gateway"   // gateway instance holding the socket
+	// HeaderArgs set to "array" on a delivery says the body is the JSON
+	// array of the event's arguments rather than its single argument.
+	HeaderArgs = "Sb-Args"
 )
+
+// ArgsArray is the value of HeaderArgs for multi-argument deliveries.
+const ArgsArray = "array"
 
 // Built-in client events handled by Switchboard's own services.
 const (

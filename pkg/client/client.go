@@ -73,6 +73,21 @@ func (c *Client) publish(subj string, err error, event string, payload any) erro
 	return c.nc.PublishMsg(m)
 }
 
+// NotifyConnArgs delivers an event with several arguments to one
+// connection (the body is their JSON array, marked by Sb-Args: array).
+func (c *Client) NotifyConnArgs(socketID, event string, args ...json.RawMessage) error {
+	s, err := subject.OutConn(socketID)
+	if err != nil {
+		return fmt.Errorf("build subject: %w", err)
+	}
+	m, err := DeliveryMsg(s, event, socketio.ArrayPayload(args...))
+	if err != nil {
+		return err
+	}
+	m.Header.Set(api.HeaderArgs, api.ArgsArray)
+	return c.nc.PublishMsg(m)
+}
+
 // NotifyUser delivers an event to every connection of a user.
 func (c *Client) NotifyUser(userID, event string, payload any) error {
 	s, err := subject.OutUser(userID)

@@ -216,6 +216,15 @@ func (g *Gateway) deliver(m *nats.Msg, to []*socket) {
 		return
 	}
 	args := deliveryArgs(m.Data)
+	if m.Header.Get(api.HeaderArgs) == api.ArgsArray {
+		var list []json.RawMessage
+		if json.Unmarshal(m.Data, &list) != nil {
+			g.log.Warn("delivery with Sb-Args: array whose body is not an array dropped", "subject", m.Subject)
+			g.respondError(m.Reply, api.CodeBadRequest, "body is not a JSON array")
+			return
+		}
+		args = list
+	}
 	if m.Reply != "" {
 		for _, s := range to {
 			s.emitWithAck(name, args, m.Reply)

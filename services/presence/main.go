@@ -1,0 +1,81 @@
+// Command presence runs Switchboard's presence service: connection slots
+// per user, the `connections` event, disconnectRequest and the purge of dead
+// gateways.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-rt/switchboard/pkg/boot"
+	"github.com/switchboard-rt/switchboard/pkg/config"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
+	"github.com/switchboard-rt/switchboard/services/presence/presencesvc"
+)
+
+// drainTimeout bounds the NATS drain at exit.
+const drainTimeout = 5 * time.Second
+
+type mainConfig struct {
+	NATS     boot.NATSConfig    `koanf:"nats"`
+	Log      boot.LogConfig     `koanf:"log"`
+	Presence presencesvc.Config `koanf:"presence"`
+}
+
+func defaultConfig() mainConfig {
+	return mainConfig{
+		NATS:     boot.DefaultNATS(),
+		Log:      boot.DefaultLog(),
+		Presence: presencesvc.DefaultConfig(),
+	}
+}
+
+func main() {
+	cfg := defaultConfig()
+	log, _, err := boot.Init("presence", &cfg, &cfg.Log, os.Args[1:], os.Environ(), os.Stderr)
+	if config.IsHelp(err) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "presence:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, log, cfg); err != nil {
+		log.Error("exit", "err", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+// run serves until ctx ends.
+func run(ctx context.Context, log *slog.Logger, cfg mainConfig) error {
+	var opts []nats.Option
+	if cfg.NATS.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.NATS.CredsFile))
+	}
+	nc, err := natsx.Connect(log, cfg.NATS.URL, presencesvc.ServiceName, opts...)
+	if err != nil {
+		return err
+	}
+	defer natsx.Drain(nc, drainTimeout)
+	svc, err := presencesvc.Start(ctx, log, nc, cfg.Presence)
+	if err != nil {
+		return fmt.Errorf("start presence: %w", err)
+	}
+	log.Info("presence ready", "bucket", cfg.Presence.Bucket)
+	<-ctx.Done()
+	log.Info("stopping")
+	if err := svc.Stop(); err != nil {
+		return fmt.Errorf("stop presence: %w", err)
+	}
+	return nil
+}

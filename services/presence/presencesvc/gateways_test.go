@@ -1,0 +1,176 @@
+package presencesvc
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/natstest"
+	"github.com/switchboard-rt/switchboard/pkg/subject"
+)
+
+// heartbeat publishes gw's heartbeat every interval until the test ends.
+func heartbeat(t *testing.T, nc *nats.Conn, gw string, interval time.Duration) {
+	t.Helper()
+	data := mustJSON(t, api.Heartbeat{Gateway: gw, Sockets: 1})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-done })
+	go func() {
+		defer close(done)
+		tk := time.NewTicker(interval)
+		defer tk.Stop()
+		for {
+			if err := nc.Publish(subject.GatewayHeartbeat, data); err != nil {
+				t.Errorf("heartbeat: %v", err)
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+}
+
+// A gateway that never heartbeats is purged after gateway_ttl, by two
+// presence instances at once without double releases; sockets on a live
+// gateway stay.
+func TestDeadGatewayPurged(t *testing.T) {
+	cfg := testConfig()
+	cfg.GatewayTTL = time.Second
+	srv, nc := setup(t, cfg)
+	nc2 := srv.Conn(t)
+	startSvc(t, nc2, cfg) // learns gw1 from the connected events
+
+	heartbeat(t, nc, "live", 100*time.Millisecond)
+	// Malformed heartbeats are ignored.
+	for _, junk := range []string{"", "x", `{"gateway":""}`, `{"gateway":5}`, `[]`} {
+		if err := nc.Publish(subject.GatewayHeartbeat, []byte(junk)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	disconnected := chanSub(t, nc, subject.EventDisconnected)
+	a3 := connSub(t, nc, "a3")
+
+	start := time.Now()
+	mustAdmit(t, nc, newConn("alice", "a1", "gw1"))
+	mustAdmit(t, nc2, newConn("alice", "a2", "gw1"))
+	mustAdmit(t, nc, newConn("alice", "a3", "live"))
+	mustAdmit(t, nc2, newConn("bob", "b1", "live"))
+	mustAdmit(t, nc, newConn("bob", "b2", "gw1"))
+	next(t, a3) // the admit update: [a1 a2]
+	if _, err := admit(t, nc, newConn("alice", "a4", "live")); err == nil {
+		t.Fatal("admit over the limit accepted")
+	}
+
+	var gone []string
+	for range 3 {
+		var ev api.LifecycleEvent
+		if err := json.Unmarshal(next(t, disconnected).Data, &ev); err != nil {
+			t.Fatal(err)
+		}
+		gone = append(gone, ev.Conn.SocketID)
+	}
+	elapsed := time.Since(start)
+	slices.Sort(gone)
+	if !slices.Equal(gone, []string{"a1", "a2", "b2"}) {
+		t.Fatalf("purged %v", gone)
+	}
+	if elapsed < cfg.GatewayTTL {
+		t.Fatalf("purged after %s, before the TTL", elapsed)
+	}
+	// Settle a few more sweeps: nothing is released twice.
+	time.Sleep(2 * cfg.GatewayTTL)
+	none(t, disconnected)
+	// alice's live socket saw the purges; two instances purging at once may
+	// send an extra update, but the last one is the final state.
+	valid := []string{arr(publicJSON("alice", "a1")), arr(publicJSON("alice", "a2")), `[]`}
+	var updates []string
+	for len(a3) > 0 {
+		m := <-a3
+		wantConnections(t, m, string(m.Data)) // event name
+		if !slices.Contains(valid, string(m.Data)) {
+			t.Fatalf("purge update %s", m.Data)
+		}
+		updates = append(updates, string(m.Data))
+	}
+	if len(updates) < 2 || len(updates) > 4 || updates[len(updates)-1] != `[]` {
+		t.Fatalf("purge updates %v", updates)
+	}
+
+	if got := socketIDs(list(t, nc, "alice")); !slices.Equal(got, []string{"a3"}) {
+		t.Fatalf("alice holds %v", got)
+	}
+	if got := socketIDs(list(t, nc, "bob")); !slices.Equal(got, []string{"b1"}) {
+		t.Fatalf("bob holds %v", got)
+	}
+	if keys := kvKeys(t, openKV(t, nc, cfg.Bucket), "g.gw1.>"); len(keys) != 0 {
+		t.Fatalf("index keys of the dead gateway left: %v", keys)
+	}
+	// alice may connect again.
+	mustAdmit(t, nc, newConn("alice", "a4", "live"))
+	mustAdmit(t, nc, newConn("alice", "a5", "live"))
+}
+
+// State lives in KV: a new presence instance after a server restart sees
+// the same connections, enforces the limit on them, and (having learnt the
+// gateways from the index) purges the silent one after a full TTL.
+func TestRestartKeepsState(t *testing.T) {
+	cfg := testConfig()
+	srv := natstest.Run(t)
+	nc := srv.Conn(t)
+	first := startSvc(t, nc, cfg)
+	mustAdmit(t, nc, newConn("alice", "a1", "gw1"))
+	mustAdmit(t, nc, newConn("alice", "a2", "gw1"))
+	mustAdmit(t, nc, newConn("bob", "b1", "gw2"))
+	if err := first.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	srv.Restart()
+	nc2 := srv.Conn(t)
+	cfg.GatewayTTL = time.Second
+	heartbeat(t, nc2, "gw2", 100*time.Millisecond)
+	started := time.Now()
+	startSvc(t, nc2, cfg)
+	if got := socketIDs(list(t, nc2, "alice")); !slices.Equal(got, []string{"a1", "a2"}) {
+		t.Fatalf("after restart alice holds %v", got)
+	}
+	if n := mustAdmit(t, nc2, newConn("alice", "a3", "gw2")); n != 3 {
+		t.Fatalf("connections %d", n)
+	}
+	if _, err := admit(t, nc2, newConn("alice", "a4", "gw2")); err == nil {
+		t.Fatal("admit over the limit accepted after restart")
+	}
+	eventually(t, 5*time.Second, "purge of gw1 found in the index", func() bool {
+		return slices.Equal(socketIDs(list(t, nc2, "alice")), []string{"a3"})
+	})
+	if d := time.Since(started); d < cfg.GatewayTTL {
+		t.Fatalf("purged after %s, within the grace period", d)
+	}
+	if got := socketIDs(list(t, nc2, "bob")); !slices.Equal(got, []string{"b1"}) {
+		t.Fatalf("bob holds %v", got)
+	}
+}
+
+// The service keeps working across a server restart on the same connection.
+func TestSurvivesServerRestart(t *testing.T) {
+	srv, nc := setup(t, testConfig())
+	mustAdmit(t, nc, newConn("alice", "a1", "gw"))
+	srv.Restart()
+	eventually(t, 5*time.Second, "reconnect", nc.IsConnected)
+	eventually(t, 5*time.Second, "admit after restart", func() bool {
+		_, err := admit(t, nc, newConn("alice", "a2", "gw"))
+		return err == nil
+	})
+	if got := socketIDs(list(t, nc, "alice")); !slices.Equal(got, []string{"a1", "a2"}) {
+		t.Fatalf("alice holds %v", got)
+	}
+}

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/natstest"
+	"github.com/switchboard-rt/switchboard/pkg/subject"
+)
+
+func TestLoad(t *testing.T) {
+	_, cfg, err := load([]string{"-timer.lease_ttl=2s"}, []string{"SB_TIMER_MAX_TIMERS_PER_USER=3", "SB_NATS_URL=nats://x:1"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Timer.LeaseTTL != 2*time.Second || cfg.Timer.MaxTimersPerUser != 3 || cfg.NATS.URL != "nats://x:1" || cfg.Timer.Bucket != "sb_timers" {
+		t.Fatalf("config %+v", cfg)
+	}
+	for _, env := range [][]string{{"SB_TIMER_NOPE=1"}, {"SB_TIMER_LEASE_TTL=soon"}} {
+		if _, _, err := load(nil, env, io.Discard); err == nil {
+			t.Errorf("%v accepted", env)
+		}
+	}
+	if _, _, err := load([]string{"extra"}, nil, io.Discard); err == nil {
+		t.Error("stray argument accepted")
+	}
+}
+
+// run serves timers until its context ends, then returns cleanly.
+func TestRun(t *testing.T) {
+	s := natstest.Run(t)
+	nc := s.Conn(t)
+	cfg := DefaultConfig()
+	cfg.NATS.URL = s.URL()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg) }()
+
+	ticks := make(chan *nats.Msg, 8)
+	out, _ := subject.OutDevice("alice", "phone")
+	if _, err := nc.ChanSubscribe(out, ticks); err != nil {
+		t.Fatal(err)
+	}
+	in, _ := subject.In(api.EventTimerStart)
+	m := nats.NewMsg(in)
+	m.Header.Set(api.HeaderUser, "alice")
+	m.Header.Set(api.HeaderDevice, "phone")
+	m.Data = []byte(`[{"dur":2}]`)
+	var reply *nats.Msg
+	var err error
+	for start := time.Now(); time.Since(start) < 5*time.Second; time.Sleep(50 * time.Millisecond) {
+		if reply, err = nc.RequestMsg(m, time.Second); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("timerStart: %v", err)
+	}
+	var ack []api.TimerStartAck
+	if err := json.Unmarshal(reply.Data, &ack); err != nil || len(ack) != 1 || ack[0].Timer != 2 {
+		t.Fatalf("ack %s", reply.Data)
+	}
+	select {
+	case tick := <-ticks:
+		if tick.Header.Get(api.HeaderEvent) != api.EventTick || string(tick.Data) != `{"timer":2}` {
+			t.Fatalf("got %s %s", tick.Header.Get(api.HeaderEvent), tick.Data)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("no tick")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return")
+	}
+}

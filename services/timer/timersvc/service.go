@@ -1,0 +1,488 @@
+// Package timersvc is Switchboard's timer service: per-device countdown
+// timers that clients start with `timerStart`, stored in JetStream KV and
+// ticked once per second by the one instance holding the tick lease.
+package timersvc
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/client"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
+	"github.com/switchboard-rt/switchboard/pkg/subject"
+)
+
+const (
+	// QueueGroup serves client events: any instance may take any event.
+	QueueGroup = "timer"
+	// ServiceName is the micro service name (`nats micro ls`).
+	ServiceName = "switchboard-timer"
+	// Version is the micro service version.
+	Version = "1.0.0"
+
+	// opTimeout bounds the storage work of one request, retries included.
+	opTimeout = 3 * time.Second
+	// maxInFlight bounds the client events handled at once per instance.
+	maxInFlight = 64
+	// flushTimeout bounds each wait of Stop (draining, pending removals).
+	flushTimeout = 2 * time.Second
+)
+
+// Service is a running timer service instance.
+type Service struct {
+	log      *slog.Logger
+	nc       *nats.Conn
+	cfg      Config
+	instance string
+	kv       jetstream.KeyValue
+	store    *store
+	ticker   *ticker
+	notify   *client.Client
+
+	subs  []*nats.Subscription
+	micro micro.Service
+
+	// Client-event handlers in flight.
+	sem     chan struct{}
+	hmu     sync.Mutex
+	closing bool
+	hwg     sync.WaitGroup
+
+	// Finished timers waiting to be removed from KV.
+	rmu      sync.Mutex
+	rqueue   []removal
+	rwake    chan struct{}
+	rpending atomic.Int64
+
+	// Lease state, owned by the lease loop.
+	lease leaseState
+	// gen of the last watch that ended.
+	watchEnded atomic.Uint64
+	leaseWake  chan struct{}
+
+	stopLease   chan struct{}
+	leaseCtx    context.Context
+	leaseCancel context.CancelFunc
+	leaseWG     sync.WaitGroup
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
+	stopOnce    sync.Once
+	stopErr     error
+}
+
+// Start creates the KV bucket if needed, subscribes to the timer client
+// events, registers the micro service and starts competing for the tick
+// lease. ctx bounds the start only; Stop ends the service.
+func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*Service, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("timer config: %w", err)
+	}
+	instance := cfg.Instance
+	if instance == "" {
+		b := make([]byte, 9)
+		if _, err := rand.Read(b); err != nil {
+			return nil, fmt.Errorf("instance id: %w", err)
+		}
+		instance = base64.RawURLEncoding.EncodeToString(b)
+	}
+	log = log.With("instance", instance)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      cfg.Bucket,
+		Description: "Switchboard timers and tick lease",
+		History:     1,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", cfg.Bucket, err)
+	}
+	s := &Service{
+		log:       log,
+		nc:        nc,
+		cfg:       cfg,
+		instance:  instance,
+		kv:        kv,
+		store:     &store{kv: kv, log: log},
+		notify:    client.New(nc),
+		sem:       make(chan struct{}, maxInFlight),
+		rwake:     make(chan struct{}, 1),
+		leaseWake: make(chan struct{}, 1),
+		stopLease: make(chan struct{}),
+	}
+	s.ticker = newTicker(log, nc, s.enqueueRemoval)
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	s.leaseCtx, s.leaseCancel = context.WithCancel(context.WithoutCancel(ctx))
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.ticker.sched.Run(runCtx) }()
+	go func() { defer s.wg.Done(); s.removeLoop(runCtx) }()
+
+	if err := s.subscribe(); err != nil {
+		s.shutdown()
+		return nil, err
+	}
+	s.leaseWG.Add(1)
+	go func() { defer s.leaseWG.Done(); s.leaseLoop() }()
+	log.Info("timer service started", "bucket", cfg.Bucket, "lease_ttl", cfg.LeaseTTL)
+	return s, nil
+}
+
+// Instance is the name this instance uses in the tick lease.
+func (s *Service) Instance() string { return s.instance }
+
+// Leader reports whether this instance currently holds the tick lease.
+func (s *Service) Leader() bool {
+	s.ticker.mu.Lock()
+	defer s.ticker.mu.Unlock()
+	return s.ticker.active
+}
+
+func (s *Service) subscribe() error {
+	for _, ev := range []string{api.EventTimerStart, api.EventTimerStop, api.EventTimerList} {
+		subj, err := subject.In(ev)
+		if err != nil {
+			return fmt.Errorf("subject of %s: %w", ev, err)
+		}
+		sub, err := s.nc.QueueSubscribe(subj, QueueGroup, s.onEvent)
+		if err != nil {
+			return fmt.Errorf("subscribe %s: %w", subj, err)
+		}
+		s.subs = append(s.subs, sub)
+	}
+	svc, err := micro.AddService(s.nc, micro.Config{
+		Name:        ServiceName,
+		Version:     Version,
+		Description: "Switchboard timers",
+	})
+	if err != nil {
+		return fmt.Errorf("add micro service: %w", err)
+	}
+	s.micro = svc
+	err = svc.AddEndpoint("list", natsx.Handle(s.log, opTimeout, s.listAPI), micro.WithEndpointSubject(subject.TimerListAPI))
+	if err != nil {
+		return fmt.Errorf("add endpoint %s: %w", subject.TimerListAPI, err)
+	}
+	return nil
+}
+
+// Stop unsubscribes, stops ticking, removes the timers that just finished
+// and releases the tick lease so another instance takes over at once. It
+// does not close the NATS connection.
+func (s *Service) Stop() error {
+	s.stopOnce.Do(func() { s.stopErr = s.shutdown() })
+	return s.stopErr
+}
+
+func (s *Service) shutdown() error {
+	var errs []error
+	if s.micro != nil {
+		if err := s.micro.Stop(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			errs = append(errs, fmt.Errorf("stop micro service: %w", err))
+		}
+	}
+	// Drain: events already received are still answered; new ones go to
+	// the other instances of the queue group.
+	for _, sub := range s.subs {
+		if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+			errs = append(errs, fmt.Errorf("drain %s: %w", sub.Subject, err))
+		}
+	}
+	deadline := time.Now().Add(flushTimeout)
+	for _, sub := range s.subs {
+		for sub.IsValid() && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	s.hmu.Lock()
+	s.closing = true
+	s.hmu.Unlock()
+	s.hwg.Wait()
+	close(s.stopLease) // the lease loop drops and releases the lease
+	s.leaseWG.Wait()
+	s.leaseCancel()
+	s.cancel()
+	s.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// onEvent runs a client event's handler on a bounded number of goroutines.
+func (s *Service) onEvent(m *nats.Msg) {
+	s.hmu.Lock()
+	if s.closing {
+		s.hmu.Unlock()
+		return
+	}
+	s.hwg.Add(1)
+	s.hmu.Unlock()
+	s.sem <- struct{}{}
+	go func() {
+		defer func() { <-s.sem; s.hwg.Done() }()
+		s.handle(m)
+	}()
+}
+
+func (s *Service) handle(m *nats.Msg) {
+	ev, err := client.ParseEvent(s.nc, m)
+	if err != nil {
+		s.log.Debug("bad client event", "subject", m.Subject, "err", err)
+		s.refuseRaw(m, "invalid event arguments")
+		return
+	}
+	if ev.UserID == "" || ev.DeviceID == "" {
+		s.fail(ev, api.CodeBadRequest, "missing user or device")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	switch ev.Name {
+	case api.EventTimerStart:
+		s.start(ctx, ev)
+	case api.EventTimerStop:
+		s.stop(ctx, ev)
+	case api.EventTimerList:
+		s.list(ctx, ev)
+	}
+}
+
+// refuseRaw answers a message whose body is not an argument array.
+func (s *Service) refuseRaw(m *nats.Msg, msg string) {
+	var err error
+	switch {
+	case m.Reply != "":
+		r := nats.NewMsg(m.Reply)
+		r.Header.Set(micro.ErrorCodeHeader, fmt.Sprint(api.CodeBadRequest))
+		r.Header.Set(micro.ErrorHeader, msg)
+		err = s.nc.PublishMsg(r)
+	case m.Header.Get(api.HeaderSocket) != "":
+		err = s.notify.NotifyConn(m.Header.Get(api.HeaderSocket), api.EventException, api.ErrorStatus(msg))
+	}
+	if err != nil {
+		s.log.Debug("refuse event", "subject", m.Subject, "err", err)
+	}
+}
+
+func (s *Service) fail(ev *client.Event, code int, msg string) {
+	if err := ev.Fail(code, msg); err != nil {
+		s.log.Debug("answer event", "event", ev.Name, "err", err)
+	}
+}
+
+func (s *Service) ack(ev *client.Event, v any) {
+	if err := ev.Ack(v); err != nil {
+		s.log.Debug("answer event", "event", ev.Name, "err", err)
+	}
+}
+
+// storeFailed reports a storage error to the client.
+func (s *Service) storeFailed(ev *client.Event, err error) {
+	s.log.Error("timer storage", "event", ev.Name, "user", ev.UserID, "err", err)
+	s.fail(ev, api.CodeUnavailable, "Service unavailable")
+}
+
+var errTooMany = errors.New("too many timers")
+
+func (s *Service) start(ctx context.Context, ev *client.Event) {
+	dur, why := parseStart(ev.Args)
+	if why != "" {
+		s.fail(ev, api.CodeBadRequest, why)
+		return
+	}
+	key, err := userKey(ev.UserID)
+	if err != nil {
+		s.fail(ev, api.CodeBadRequest, "invalid user")
+		return
+	}
+	if _, err := subject.Encode(ev.DeviceID); err != nil {
+		s.fail(ev, api.CodeBadRequest, "invalid device")
+		return
+	}
+	err = s.store.mutate(ctx, key, func(doc *userDoc, now int64) (bool, error) {
+		running := 0
+		for dev, r := range doc.Timers {
+			if dev != ev.DeviceID && r.valid() && r.Deadline > now {
+				running++
+			}
+		}
+		if running >= s.cfg.MaxTimersPerUser {
+			return false, errTooMany
+		}
+		doc.Timers[ev.DeviceID] = record{Dur: dur, Start: now, Deadline: now + int64(dur)*1000}
+		return true, nil
+	})
+	switch {
+	case errors.Is(err, errTooMany):
+		s.fail(ev, api.CodeTooMany, "Too many timers")
+	case err != nil:
+		s.storeFailed(ev, err)
+	default:
+		s.log.Debug("timer started", "user", ev.UserID, "device", ev.DeviceID, "dur", dur)
+		s.ack(ev, api.TimerStartAck{Status: "ok", Timer: dur})
+	}
+}
+
+func (s *Service) stop(ctx context.Context, ev *client.Event) {
+	key, err := userKey(ev.UserID)
+	if err != nil {
+		s.fail(ev, api.CodeBadRequest, "invalid user")
+		return
+	}
+	err = s.store.mutate(ctx, key, func(doc *userDoc, _ int64) (bool, error) {
+		if _, ok := doc.Timers[ev.DeviceID]; !ok {
+			return false, nil
+		}
+		delete(doc.Timers, ev.DeviceID)
+		return true, nil
+	})
+	if err != nil {
+		s.storeFailed(ev, err)
+		return
+	}
+	s.ack(ev, api.Status{Status: "ok"})
+}
+
+func (s *Service) list(ctx context.Context, ev *client.Event) {
+	if !ev.WantsAck() {
+		s.log.Debug("timerList without ack ignored", "user", ev.UserID, "socket", ev.SocketID)
+		return
+	}
+	timers, err := s.timers(ctx, ev.UserID)
+	if err != nil {
+		var e *natsx.Error
+		if errors.As(err, &e) {
+			s.fail(ev, e.Code, e.Message)
+			return
+		}
+		s.storeFailed(ev, err)
+		return
+	}
+	s.ack(ev, api.TimerListAck{Status: "ok", Timers: timers})
+}
+
+// timers lists a user's running timers.
+func (s *Service) timers(ctx context.Context, uid string) ([]api.TimerInfo, error) {
+	key, err := userKey(uid)
+	if err != nil {
+		return nil, natsx.Errorf(api.CodeBadRequest, "invalid user")
+	}
+	doc, _, err := s.store.load(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return list(doc, time.Now().UnixMilli()), nil
+}
+
+// listAPI serves subject.TimerListAPI for backend services.
+func (s *Service) listAPI(ctx context.Context, req api.TimerListRequest) (api.TimerListReply, error) {
+	if req.UserID == "" {
+		return api.TimerListReply{}, natsx.Errorf(api.CodeBadRequest, "userId is required")
+	}
+	timers, err := s.timers(ctx, req.UserID)
+	if err != nil {
+		var e *natsx.Error
+		if errors.As(err, &e) {
+			return api.TimerListReply{}, e
+		}
+		return api.TimerListReply{}, natsx.Errorf(api.CodeUnavailable, "timer storage unavailable: %v", err)
+	}
+	return api.TimerListReply{Timers: timers}, nil
+}
+
+// onConnected sends the current tick to a connection whose device has a
+// running timer (subscribed while holding the lease).
+func (s *Service) onConnected(m *nats.Msg) {
+	var le api.LifecycleEvent
+	if err := json.Unmarshal(m.Data, &le); err != nil {
+		s.log.Debug("bad lifecycle event", "err", err)
+		return
+	}
+	c := le.Conn
+	if c.UserID == "" || c.DeviceID == "" || c.SocketID == "" {
+		return
+	}
+	r, ok := s.ticker.current(c.UserID, c.DeviceID)
+	if !ok {
+		return
+	}
+	if err := s.notify.NotifyConn(c.SocketID, api.EventTick, tickPayload(r)); err != nil {
+		s.log.Debug("tick to new connection", "socket", c.SocketID, "err", err)
+	}
+}
+
+// ---- removal of finished timers ----
+
+func (s *Service) enqueueRemoval(r removal) {
+	s.rpending.Add(1)
+	s.rmu.Lock()
+	s.rqueue = append(s.rqueue, r)
+	s.rmu.Unlock()
+	select {
+	case s.rwake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Service) removeLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.rwake:
+		}
+		s.rmu.Lock()
+		batch := s.rqueue
+		s.rqueue = nil
+		s.rmu.Unlock()
+		for _, r := range batch {
+			s.removeDone(r)
+			s.rpending.Add(-1)
+		}
+	}
+}
+
+// removeDone deletes a finished timer from KV unless it was replaced.
+func (s *Service) removeDone(r removal) {
+	key, err := userKey(r.uid)
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	err = s.store.mutate(ctx, key, func(doc *userDoc, _ int64) (bool, error) {
+		if rec, ok := doc.Timers[r.dev]; !ok || rec.Start != r.start {
+			return false, nil
+		}
+		delete(doc.Timers, r.dev)
+		return true, nil
+	})
+	if err != nil {
+		s.log.Error("remove finished timer", "user", r.uid, "device", r.dev, "err", err)
+	}
+}
+
+// flushRemovals waits until the finished timers are removed (bounded).
+func (s *Service) flushRemovals(timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for s.rpending.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := s.rpending.Load(); n > 0 {
+		s.log.Warn("finished timers not yet removed at stop", "count", n)
+	}
+}

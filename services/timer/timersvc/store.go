@@ -1,0 +1,195 @@
+package timersvc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/subject"
+)
+
+// record is one timer as stored in KV (times in Unix milliseconds).
+type record struct {
+	Dur      int   `json:"dur"`
+	Start    int64 `json:"start"`
+	Deadline int64 `json:"deadline"`
+}
+
+func (r record) valid() bool {
+	return r.Dur >= api.TimerMinDur && r.Dur <= api.TimerMaxDur && r.Start > 0 && r.Deadline > r.Start
+}
+
+// remaining is the whole seconds left at now (rounded up), within [0, dur].
+func (r record) remaining(now int64) int {
+	left := r.Deadline - now
+	if left <= 0 {
+		return 0
+	}
+	return min(int((left+999)/1000), r.Dur)
+}
+
+// userDoc is the value of a user's key: the timers by device id.
+type userDoc struct {
+	Timers map[string]record `json:"timers"`
+}
+
+const (
+	userKeyPrefix = "u."
+	leaseKey      = "lease"
+	// casAttempts bounds the compare-and-set retries of one update.
+	casAttempts = 10
+)
+
+// userKey is the KV key of a user's timers. KV keys cannot hold the "~"
+// that marks an encoded subject token, so "=" (never part of a plain id
+// nor of base64url) stands in for it.
+func userKey(uid string) (string, error) {
+	tok, err := subject.Encode(uid)
+	if err != nil {
+		return "", err
+	}
+	if tok[0] == '~' {
+		tok = "=" + tok[1:]
+	}
+	return userKeyPrefix + tok, nil
+}
+
+// uidFromKey reverses userKey.
+func uidFromKey(key string) (string, error) {
+	tok, ok := strings.CutPrefix(key, userKeyPrefix)
+	if !ok || tok == "" {
+		return "", fmt.Errorf("not a user key: %q", key)
+	}
+	if tok[0] == '=' {
+		tok = "~" + tok[1:]
+	}
+	return subject.Decode(tok)
+}
+
+// errBusy is returned when compare-and-set kept conflicting.
+var errBusy = errors.New("too many concurrent updates")
+
+// isConflict reports a failed compare-and-set (create of an existing key,
+// update or delete with a stale revision).
+func isConflict(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// store reads and updates users' timers in KV.
+type store struct {
+	kv  jetstream.KeyValue
+	log *slog.Logger
+}
+
+// load returns the user's doc and its revision (0 when absent).
+func (s *store) load(ctx context.Context, key string) (userDoc, uint64, error) {
+	e, err := s.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return userDoc{Timers: map[string]record{}}, 0, nil
+	}
+	if err != nil {
+		return userDoc{}, 0, fmt.Errorf("get %s: %w", key, err)
+	}
+	doc := decodeDoc(s.log, key, e.Value())
+	return doc, e.Revision(), nil
+}
+
+// decodeDoc parses a user's doc; a corrupt value counts as no timers (and
+// is overwritten by the next update).
+func decodeDoc(log *slog.Logger, key string, data []byte) userDoc {
+	var doc userDoc
+	if err := json.Unmarshal(data, &doc); err != nil {
+		log.Warn("corrupt timer record", "key", key, "err", err)
+		doc = userDoc{}
+	}
+	if doc.Timers == nil {
+		doc.Timers = map[string]record{}
+	}
+	return doc
+}
+
+// save writes doc at rev (create when rev is 0, delete when doc is empty).
+func (s *store) save(ctx context.Context, key string, doc userDoc, rev uint64) error {
+	if len(doc.Timers) == 0 {
+		if rev == 0 {
+			return nil
+		}
+		return s.kv.Delete(ctx, key, jetstream.LastRevision(rev))
+	}
+	data, err := json.Marshal(doc)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", key, err)
+	}
+	if rev == 0 {
+		_, err = s.kv.Create(ctx, key, data)
+	} else {
+		_, err = s.kv.Update(ctx, key, data, rev)
+	}
+	return err
+}
+
+// mutate applies fn to the user's doc with compare-and-set, retrying on
+// conflicts. fn reports whether it changed the doc (nothing is written
+// otherwise) and may refuse with an error, which mutate returns as is.
+func (s *store) mutate(ctx context.Context, key string, fn func(doc *userDoc, now int64) (bool, error)) error {
+	for attempt := range casAttempts {
+		doc, rev, err := s.load(ctx, key)
+		if err != nil {
+			return err
+		}
+		changed, err := fn(&doc, time.Now().UnixMilli())
+		if err != nil || !changed {
+			return err
+		}
+		err = s.save(ctx, key, doc, rev)
+		if !isConflict(err) {
+			if err != nil {
+				return fmt.Errorf("write %s: %w", key, err)
+			}
+			return nil
+		}
+		// Another writer won; back off a little so retries spread out.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(rand.IntN(5*(attempt+1))) * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("write %s: %w", key, errBusy)
+}
+
+// list returns the user's running timers at now, ordered by device id.
+func list(doc userDoc, now int64) []api.TimerInfo {
+	out := make([]api.TimerInfo, 0, len(doc.Timers))
+	for dev, r := range doc.Timers {
+		if !r.valid() || r.Deadline <= now {
+			continue
+		}
+		out = append(out, api.TimerInfo{
+			DeviceID:  dev,
+			Dur:       r.Dur,
+			Remaining: r.remaining(now),
+			Deadline:  time.UnixMilli(r.Deadline).UTC(),
+		})
+	}
+	slices.SortFunc(out, func(a, b api.TimerInfo) int { return strings.Compare(a.DeviceID, b.DeviceID) })
+	return out
+}
