@@ -619,7 +619,7 @@ func (st *stack) presenceList(uid string) []api.Conn {
 	return r.Connections
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

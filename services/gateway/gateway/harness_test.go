@@ -25,7 +25,7 @@ const testSecret = "gateway-test-secret-0123456789-0123456789"
 // stack is a gateway with the real auth and presence services on an
 // embedded NATS server.
 type stack struct {
-	t    *testing.T
+	t    testing.TB
 	srv  *natstest.Server
 	nc   *nats.Conn // a backend client connection
 	gw   *Gateway
@@ -36,7 +36,7 @@ type stack struct {
 
 type stackOpt func(*Config, *presencesvc.Config)
 
-func newStack(t *testing.T, opts ...stackOpt) *stack {
+func newStack(t testing.TB, opts ...stackOpt) *stack {
 	t.Helper()
 	st := &stack{t: t, srv: natstest.Run(t), logs: &lockedWriter{}}
 	log := slog.New(slog.NewTextHandler(st.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -96,7 +96,7 @@ func (st *stack) url(query string) string {
 // goroutine feeds frames to a channel, so reads can time out without
 // breaking the connection.
 type wsClient struct {
-	t      *testing.T
+	t      testing.TB
 	c      *websocket.Conn
 	open   map[string]any
 	frames chan string
@@ -235,7 +235,7 @@ func (w *wsClient) expectClosed(within time.Duration) *websocket.CloseError {
 	return nil
 }
 
-func eventually(t *testing.T, d time.Duration, cond func() bool, what string) {
+func eventually(t testing.TB, d time.Duration, cond func() bool, what string) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {

@@ -24,7 +24,7 @@ import (
 // poller is a raw Engine.IO long-polling client; bases lists the gateways
 // its requests go to, in turn.
 type poller struct {
-	t     *testing.T
+	t     testing.TB
 	bases []string
 	n     atomic.Int64
 	sid   string

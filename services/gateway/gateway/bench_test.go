@@ -1,0 +1,160 @@
+package gateway
+
+import (
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-rt/switchboard/pkg/client"
+	"github.com/switchboard-rt/switchboard/services/presence/presencesvc"
+)
+
+// BenchmarkDeliveryToSocket: a service publishes on sb.out.conn.<sid>; the
+// gateway writes each event to a WebSocket client that reads it. One op is
+// one event end to end (NATS → gateway → WebSocket → client).
+func BenchmarkDeliveryToSocket(b *testing.B) {
+	st := newStack(b)
+	w, sid := st.mustConnect("bench", "")
+	cl := client.New(st.nc)
+	payload := map[string]any{"text": "hello", "n": 1}
+	// Drain the connections update.
+	if s, _ := w.skipUpdates(200 * time.Millisecond); s != "" {
+		b.Fatalf("unexpected %q", s)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	// At most 128 events in flight: the socket's send queue is bounded (256)
+	// and overflowing it disconnects the client by design.
+	window := make(chan struct{}, 128)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < b.N; i++ {
+			if _, err := w.skipUpdates(10 * time.Second); err != nil {
+				b.Errorf("read %d: %v", i, err)
+				return
+			}
+			<-window
+		}
+	}()
+	for i := 0; i < b.N; i++ {
+		window <- struct{}{}
+		if err := cl.NotifyConn(sid, "msg", payload); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-done
+}
+
+// BenchmarkClientEventToNATS: a WebSocket client emits events; a NATS
+// subscriber receives them on sb.in.<event>.
+func BenchmarkClientEventToNATS(b *testing.B) {
+	st := newStack(b)
+	var got atomic.Int64
+	all := make(chan struct{})
+	n := int64(b.N)
+	sub, _ := st.nc.Subscribe("sb.in.chat", func(*nats.Msg) {
+		if got.Add(1) == n {
+			close(all)
+		}
+	})
+	defer sub.Unsubscribe()
+	_ = st.nc.Flush()
+	w, _ := st.mustConnect("bench", "")
+	frame := []byte(`42["chat",{"text":"hello","n":1}]`)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := w.c.WriteMessage(websocket.TextMessage, frame); err != nil {
+			b.Fatal(err)
+		}
+	}
+	select {
+	case <-all:
+	case <-time.After(30 * time.Second):
+		b.Fatalf("received %d of %d", got.Load(), b.N)
+	}
+}
+
+// BenchmarkHandshake: WebSocket open, CONNECT with a JWT, auth verify and
+// presence admit over NATS, `40` reply, close and release.
+func BenchmarkHandshake(b *testing.B) {
+	st := newStack(b)
+	tok := st.token("hs")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c, _, err := websocket.DefaultDialer.Dial(st.url(""), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _, _ = c.ReadMessage()
+		_ = c.WriteMessage(websocket.TextMessage, []byte(`40{"token":"`+tok+`"}`))
+		_, msg, err := c.ReadMessage()
+		if err != nil || msg[1] != '0' {
+			b.Fatalf("connect %d: %q %v", i, msg, err)
+		}
+		_ = c.Close()
+		// Wait for the slot to come back before the next connect.
+		for len(st.presenceList("hs")) >= 3 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
+
+// BenchmarkDeliveryIdleConnections delivers to one socket while many other
+// users' sockets are connected to the same gateway: the cost per event must
+// not grow with them (interest-based subscriptions, no scan of all sockets).
+func BenchmarkDeliveryIdleConnections(b *testing.B) {
+	for _, idle := range []int{0, 1000, 5000} {
+		b.Run(fmt.Sprintf("idle=%d", idle), func(b *testing.B) {
+			st := newStack(b, func(c *Config, _ *presencesvc.Config) { c.PingInterval = time.Hour })
+			for i := 0; i < idle; i++ {
+				st.mustConnectQuiet(fmt.Sprintf("idle-%d", i))
+			}
+			w, sid := st.mustConnect("target", "")
+			cl := client.New(st.nc)
+			_, _ = w.skipUpdates(200 * time.Millisecond)
+			b.ReportAllocs()
+			b.ResetTimer()
+			window := make(chan struct{}, 128)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for i := 0; i < b.N; i++ {
+					if _, err := w.skipUpdates(10 * time.Second); err != nil {
+						b.Errorf("read %d: %v", i, err)
+						return
+					}
+					<-window
+				}
+			}()
+			for i := 0; i < b.N; i++ {
+				window <- struct{}{}
+				if err := cl.NotifyConn(sid, "msg", i); err != nil {
+					b.Fatal(err)
+				}
+			}
+			<-done
+		})
+	}
+}
+
+// mustConnectQuiet opens a connected socket whose frames nobody reads
+// (an idle client), without the test client's reader goroutine.
+func (st *stack) mustConnectQuiet(uid string) {
+	st.t.Helper()
+	c, _, err := websocket.DefaultDialer.Dial(st.url(""), nil)
+	if err != nil {
+		st.t.Fatal(err)
+	}
+	st.t.Cleanup(func() { _ = c.Close() })
+	_, _, _ = c.ReadMessage()
+	_ = c.WriteMessage(websocket.TextMessage, []byte(`40{"token":"`+st.token(uid)+`"}`))
+	if _, msg, err := c.ReadMessage(); err != nil || msg[1] != '0' {
+		st.t.Fatalf("connect %s: %q %v", uid, msg, err)
+	}
+}
