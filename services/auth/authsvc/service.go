@@ -1,0 +1,123 @@
+// Package authsvc is Switchboard's auth service: a NATS micro service that
+// turns a client's token into a user id.
+package authsvc
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
+	"github.com/switchboard-rt/switchboard/pkg/subject"
+)
+
+// ServiceName is the micro service name (nats micro ls).
+const ServiceName = "switchboard-auth"
+
+// Version is the micro service version.
+const Version = "1.0.0"
+
+// handlerTimeout bounds one verification (a Firebase key refresh included).
+const handlerTimeout = 10 * time.Second
+
+// flushTimeout bounds the wait for the server to confirm the subscriptions.
+const flushTimeout = 5 * time.Second
+
+// Service is a running auth service.
+type Service struct {
+	log      *slog.Logger
+	nc       *nats.Conn
+	verifier Verifier
+	svc      micro.Service
+}
+
+// Start validates cfg, builds the verifier and serves subject.AuthVerify on
+// nc (queue group "q", so instances share the load).
+func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opts ...Option) (*Service, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := cfg.validate(o); err != nil {
+		return nil, err
+	}
+	var v Verifier
+	switch cfg.Verifier {
+	case VerifierJWT:
+		v = newJWTVerifier(cfg.JWT)
+	case VerifierFirebase:
+		fv, err := newFirebaseVerifier(ctx, cfg.Firebase)
+		if err != nil {
+			return nil, fmt.Errorf("auth: %w", err)
+		}
+		v = fv
+	}
+	s := &Service{log: log, nc: nc, verifier: v}
+	svc, err := micro.AddService(nc, micro.Config{
+		Name:        ServiceName,
+		Version:     Version,
+		Description: "Switchboard token verification",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("auth: add service: %w", err)
+	}
+	err = svc.AddEndpoint("verify",
+		natsx.Handle(log, handlerTimeout, s.handleVerify),
+		micro.WithEndpointSubject(subject.AuthVerify))
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("auth: add endpoint: %w", err), svc.Stop())
+	}
+	// Make sure the server has the subscriptions before reporting ready, so a
+	// request sent right after Start finds a responder.
+	if err := nc.FlushTimeout(flushTimeout); err != nil {
+		return nil, errors.Join(fmt.Errorf("auth: flush: %w", err), svc.Stop())
+	}
+	s.svc = svc
+	log.Info("auth service started", "verifier", cfg.Verifier, "subject", subject.AuthVerify)
+	return s, nil
+}
+
+// Stop stops serving: once it returns the server routes no more requests
+// here; requests already received are still answered.
+func (s *Service) Stop() error {
+	if err := s.svc.Stop(); err != nil {
+		return fmt.Errorf("stop auth service: %w", err)
+	}
+	if s.nc.IsClosed() {
+		return nil
+	}
+	if err := s.nc.FlushTimeout(flushTimeout); err != nil {
+		return fmt.Errorf("stop auth service: flush: %w", err)
+	}
+	return nil
+}
+
+// handleVerify answers one api.VerifyRequest. The token is never logged.
+func (s *Service) handleVerify(ctx context.Context, raw json.RawMessage) (api.VerifyReply, error) {
+	if b := bytes.TrimLeft(raw, " \t\r\n"); len(b) == 0 || b[0] != '{' {
+		return api.VerifyReply{}, natsx.Errorf(api.CodeBadRequest, "invalid request: want a JSON object")
+	}
+	var req api.VerifyRequest
+	if err := json.Unmarshal(raw, &req); err != nil {
+		return api.VerifyReply{}, natsx.Errorf(api.CodeBadRequest, "invalid request: %v", err)
+	}
+	reply, err := s.verifier.Verify(ctx, req.Token)
+	var rej *RejectError
+	switch {
+	case errors.As(err, &rej):
+		s.log.Debug("verify", "outcome", "rejected", "reason", rej.Reason)
+		return api.VerifyReply{}, natsx.Errorf(api.CodeUnauthorized, "Unauthorized")
+	case err != nil:
+		return api.VerifyReply{}, fmt.Errorf("verify: %w", err) // logged by natsx as a 500
+	}
+	s.log.Debug("verify", "outcome", "ok", "uid", reply.UserID)
+	return reply, nil
+}

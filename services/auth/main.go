@@ -1,0 +1,107 @@
+// Command auth runs Switchboard's auth service: it verifies the tokens
+// clients present to the gateway (sb.auth.verify).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-rt/switchboard/pkg/boot"
+	"github.com/switchboard-rt/switchboard/pkg/config"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
+	"github.com/switchboard-rt/switchboard/services/auth/authsvc"
+)
+
+// Config is the auth binary's configuration.
+type Config struct {
+	NATS boot.NATSConfig `koanf:"nats"`
+	Log  boot.LogConfig  `koanf:"log"`
+	Auth authsvc.Config  `koanf:"auth"`
+}
+
+// DefaultConfig returns the binary's defaults.
+func DefaultConfig() Config {
+	return Config{NATS: boot.DefaultNATS(), Log: boot.DefaultLog(), Auth: authsvc.DefaultConfig()}
+}
+
+// emulatorHostEnv makes the Firebase Admin SDK trust unsigned ID tokens.
+const emulatorHostEnv = "FIREBASE_AUTH_EMULATOR_HOST"
+
+func main() {
+	log, cfg, err := load(os.Args[1:], os.Environ(), os.Stderr)
+	if config.IsHelp(err) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "auth: %v\n", err)
+		os.Exit(2)
+	}
+	// The one environment read outside the configuration: with this variable
+	// set, the Firebase SDK accepts tokens without checking their signature,
+	// so anyone could log in as anyone. Production never runs that way.
+	if err := emulatorGuard(os.LookupEnv); err != nil {
+		fmt.Fprintf(os.Stderr, "auth: %v\n", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err = run(ctx, log, cfg)
+	stop()
+	if err != nil {
+		log.Error("auth stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+// load reads the configuration and builds the logger.
+func load(args, environ []string, out io.Writer) (*slog.Logger, Config, error) {
+	cfg := DefaultConfig()
+	log, rest, err := boot.Init("auth", &cfg, &cfg.Log, args, environ, out)
+	if err != nil {
+		return nil, cfg, err
+	}
+	if len(rest) > 0 {
+		return nil, cfg, fmt.Errorf("unexpected arguments %q", rest)
+	}
+	return log, cfg, nil
+}
+
+// emulatorGuard refuses to run when the Firebase Auth emulator is selected.
+func emulatorGuard(lookup func(string) (string, bool)) error {
+	if _, ok := lookup(emulatorHostEnv); ok {
+		return errors.New(emulatorHostEnv + " is set: the Firebase SDK would accept unsigned tokens; unset it to run the auth service")
+	}
+	return nil
+}
+
+// run serves until ctx is done, then stops and drains.
+func run(ctx context.Context, log *slog.Logger, cfg Config) error {
+	var opts []nats.Option
+	if cfg.NATS.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.NATS.CredsFile))
+	}
+	nc, err := natsx.Connect(log, cfg.NATS.URL, authsvc.ServiceName, opts...)
+	if err != nil {
+		return err
+	}
+	drainTimeout := cfg.NATS.Timeout
+	if drainTimeout <= 0 {
+		drainTimeout = 5 * time.Second
+	}
+	defer natsx.Drain(nc, drainTimeout)
+	svc, err := authsvc.Start(ctx, log, nc, cfg.Auth)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("stopping")
+	return svc.Stop()
+}
