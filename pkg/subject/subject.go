@@ -243,3 +243,29 @@ func EngineRequest(engineID string) (string, error) {
 	}
 	return join(Prefix, "engine", t[0]), nil
 }
+
+// JetStream KV keys accept [-/_=.A-Za-z0-9] only, so a KV key token writes
+// the "~" of an encoded id as "=" (used by neither plain ids nor base64url).
+const kvMark = '='
+
+// KeyToken encodes an id into one JetStream KV key token.
+func KeyToken(id string) (string, error) {
+	t, err := Encode(id)
+	if err != nil {
+		return "", err
+	}
+	if t[0] == encodedMark {
+		t = string(kvMark) + t[1:]
+	}
+	return t, nil
+}
+
+// IDFromKeyToken reverses KeyToken.
+func IDFromKeyToken(t string) (string, error) {
+	if t != "" && t[0] == kvMark {
+		t = string(encodedMark) + t[1:]
+	} else if t != "" && t[0] == encodedMark {
+		return "", ErrInvalidID
+	}
+	return Decode(t)
+}

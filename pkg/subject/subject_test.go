@@ -382,3 +382,24 @@ func BenchmarkSubjectEncode(b *testing.B) {
 		}
 	})
 }
+
+func TestKeyToken(t *testing.T) {
+	for _, id := range append([]string{"alice", "a.b", "~x", "ünï"}, crafted...) {
+		tok, err := KeyToken(id)
+		if err != nil {
+			t.Fatalf("KeyToken(%q): %v", id, err)
+		}
+		for _, c := range tok {
+			if !(c == '-' || c == '_' || c == '=' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+				t.Fatalf("KeyToken(%q) = %q holds %q", id, tok, c)
+			}
+		}
+		back, err := IDFromKeyToken(tok)
+		if err != nil || back != id {
+			t.Fatalf("IDFromKeyToken(%q) = %q, %v; want %q", tok, back, err, id)
+		}
+	}
+	if _, err := IDFromKeyToken("~YS5i"); err == nil {
+		t.Fatal("a subject token is not a key token")
+	}
+}

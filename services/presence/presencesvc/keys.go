@@ -12,40 +12,22 @@ import (
 //	u.<uid>                  {"conns":[Conn...]}: the user's live connections
 //	g.<gatewayId>.<socketId> uid: index used to purge a dead gateway
 //
-// Ids are encoded with subject.Encode. The encoded form starts with "~",
-// which JetStream KV does not accept in keys, so that mark is stored as "="
-// (a character that neither a plain id nor base64url uses). The mapping stays
-// one-to-one and reversible.
+// Ids are encoded with subject.KeyToken (subject.Encode with the "~" mark
+// written as "=", since KV keys cannot hold "~").
 
 const (
 	userPrefix  = "u."
 	indexPrefix = "g."
 	allIndexes  = indexPrefix + ">"
-	kvMark      = '='
-	subjectMark = '~'
 )
 
 var errBadKey = errors.New("not a presence key")
 
 // keyToken encodes id into one KV key token.
-func keyToken(id string) (string, error) {
-	t, err := subject.Encode(id)
-	if err != nil {
-		return "", err
-	}
-	if t[0] == subjectMark {
-		t = string(kvMark) + t[1:]
-	}
-	return t, nil
-}
+func keyToken(id string) (string, error) { return subject.KeyToken(id) }
 
 // idFromKeyToken reverses keyToken.
-func idFromKeyToken(t string) (string, error) {
-	if t != "" && t[0] == kvMark {
-		t = string(subjectMark) + t[1:]
-	}
-	return subject.Decode(t)
-}
+func idFromKeyToken(t string) (string, error) { return subject.IDFromKeyToken(t) }
 
 func userKey(uid string) (string, error) {
 	t, err := keyToken(uid)

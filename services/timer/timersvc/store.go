@@ -53,12 +53,9 @@ const (
 // that marks an encoded subject token, so "=" (never part of a plain id
 // nor of base64url) stands in for it.
 func userKey(uid string) (string, error) {
-	tok, err := subject.Encode(uid)
+	tok, err := subject.KeyToken(uid)
 	if err != nil {
 		return "", err
-	}
-	if tok[0] == '~' {
-		tok = "=" + tok[1:]
 	}
 	return userKeyPrefix + tok, nil
 }
@@ -69,10 +66,7 @@ func uidFromKey(key string) (string, error) {
 	if !ok || tok == "" {
 		return "", fmt.Errorf("not a user key: %q", key)
 	}
-	if tok[0] == '=' {
-		tok = "~" + tok[1:]
-	}
-	return subject.Decode(tok)
+	return subject.IDFromKeyToken(tok)
 }
 
 // errBusy is returned when compare-and-set kept conflicting.
