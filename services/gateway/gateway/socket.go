@@ -150,8 +150,14 @@ func (e *engine) connect(p socketio.Packet) {
 	_, err := natsx.Request[api.AdmitReply](ctx, g.nc, subject.PresenceAdmit, api.AdmitRequest{Conn: s.conn})
 	cancel()
 	if err != nil {
-		// A timed-out admit may still have taken the slot: release anyway.
-		g.hub.removeSocket(s, natsx.CodeOf(err) != api.CodeTooMany)
+		// A timed-out admit may still have taken the slot: release anyway,
+		// and once more later in case the admit is still on its way.
+		release := natsx.CodeOf(err) != api.CodeTooMany
+		g.hub.removeSocket(s, release)
+		if release {
+			req := api.ReleaseRequest{SocketID: s.id, UserID: uid}
+			time.AfterFunc(g.cfg.RequestTimeout, func() { g.release(req) })
+		}
 		if natsx.CodeOf(err) == api.CodeTooMany {
 			fail(msgTooMany)
 		} else {
