@@ -153,6 +153,13 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	})
 	g.goRun(func() { g.sched.Run(g.ctx) })
 	g.goRun(g.heartbeatLoop)
+	prev := nc.Opts.ReconnectedCB
+	nc.SetReconnectHandler(func(c *nats.Conn) {
+		if prev != nil {
+			prev(c)
+		}
+		g.goRun(g.readmit)
+	})
 	g.log.Info("gateway listening", "addr", g.ln.Addr().String(), "path", cfg.Path)
 	return g, nil
 }
@@ -449,6 +456,44 @@ func (g *Gateway) retryReleases(ctx context.Context) {
 			g.relMu.Lock()
 			delete(g.releases, r.SocketID)
 			g.relMu.Unlock()
+		}
+	}
+}
+
+// readmit re-registers every local socket with presence after a NATS
+// reconnect: while this gateway was cut off, presence may have purged its
+// sockets as those of a dead gateway. Admit is idempotent; a socket that no
+// longer fits under the user's limit is disconnected.
+func (g *Gateway) readmit() {
+	g.publishHeartbeat()
+	for _, e := range g.hub.engines() {
+		e.mu.Lock()
+		var socks []*socket
+		for _, s := range e.sockets {
+			if s.state == stateConnected {
+				socks = append(socks, s)
+			}
+		}
+		e.mu.Unlock()
+		for _, s := range socks {
+			var err error
+			// Services may come back after this gateway: retry while none answers.
+			for attempt := 1; attempt <= 10; attempt++ {
+				ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RequestTimeout)
+				_, err = natsx.Request[api.AdmitReply](ctx, g.nc, subject.PresenceAdmit, api.AdmitRequest{Conn: s.conn})
+				cancel()
+				if !errors.Is(err, natsx.ErrUnavailable) || g.ctx.Err() != nil {
+					break
+				}
+				time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
+			}
+			switch {
+			case natsx.CodeOf(err) == api.CodeTooMany:
+				g.log.Info("socket over the limit after reconnect, disconnecting", "socket", s.id)
+				e.kick(s)
+			case err != nil:
+				g.log.Warn("readmit socket", "socket", s.id, "err", err)
+			}
 		}
 	}
 }

@@ -625,3 +625,25 @@ func must(t testing.TB, err error) {
 		t.Fatal(err)
 	}
 }
+
+func TestSocketsReadmittedAfterNATSReconnect(t *testing.T) {
+	st := newStack(t)
+	_, sid := st.mustConnect("yuri", "")
+	// Presence purges the socket while the gateway is cut off…
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := natsx.Request[api.ReleaseReply](ctx, st.nc, subject.PresenceRelease, api.ReleaseRequest{SocketID: sid, UserID: "yuri"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(st.presenceList("yuri")); n != 0 {
+		t.Fatalf("%d sockets after purge", n)
+	}
+	// …and the gateway registers it again once NATS is back.
+	st.srv.Restart()
+	eventually(t, 10*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		r, err := natsx.Request[api.ListReply](ctx, st.nc, subject.PresenceList, api.ListRequest{UserID: "yuri"})
+		return err == nil && len(r.Connections) == 1 && r.Connections[0].SocketID == sid
+	}, "socket re-admitted")
+}
