@@ -438,3 +438,33 @@ func TestBinaryOverWebSocket(t *testing.T) {
 	w.send(`42["x"]`)
 	w.expectClosed(time.Second)
 }
+
+func TestPollingMalformedInputClosesSession(t *testing.T) {
+	st := newStack(t)
+	for _, body := range []string{"4abc", "42{}", "42[]", `42abc["x"]`, "x", "bnot-base64!"} {
+		t.Run(body, func(t *testing.T) {
+			p := st.poller()
+			p.connect(st.token("zed-" + body))
+			start := time.Now()
+			status, _ := p.do(http.MethodPost, "", []byte(body))
+			if status != 200 && status != 400 {
+				t.Fatalf("POST status %d", status)
+			}
+			// The session is gone: a held poll ends with a close packet, or
+			// the next poll is refused.
+			st2, b := p.do(http.MethodGet, "", nil)
+			if st2 == 200 {
+				if parts := strings.Split(b, "\x1e"); parts[len(parts)-1] != "1" {
+					t.Fatalf("poll after malformed POST got %q", b)
+				}
+				st2, _ = p.do(http.MethodGet, "", nil)
+			}
+			if st2 != 400 {
+				t.Fatalf("session still open (status %d)", st2)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Fatalf("took %v", d)
+			}
+		})
+	}
+}
