@@ -179,8 +179,15 @@ func (g *Gateway) ID() string { return g.id }
 // engine connection without a Socket.IO DISCONNECT (so clients reconnect to
 // another gateway) and releases their connection slots.
 func (g *Gateway) Stop(ctx context.Context) error {
-	shutdownErr := g.srv.Shutdown(ctx)
+	// Shutdown closes the listeners at once, then waits for requests in
+	// flight, among them held polls: closing the engines answers those.
+	shut := make(chan error, 1)
+	go func() { shut <- g.srv.Shutdown(ctx) }()
 	for _, e := range g.hub.engines() {
+		e.close(closeDrain)
+	}
+	shutdownErr := <-shut
+	for _, e := range g.hub.engines() { // handshakes that were in flight
 		e.close(closeDrain)
 	}
 	// Wait for the releases started by the closes, then retry failed ones.

@@ -468,3 +468,25 @@ func TestPollingMalformedInputClosesSession(t *testing.T) {
 		})
 	}
 }
+
+func TestStopAnswersHeldPolls(t *testing.T) {
+	st := newStack(t)
+	p := st.poller()
+	p.connect(st.token("abe"))
+	held := make(chan string, 1)
+	go func() { _, b := p.do(http.MethodGet, "", nil); held <- b }()
+	time.Sleep(200 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := st.gw.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("Stop took %v with a held poll", d)
+	}
+	if got := <-held; got != "1" {
+		t.Fatalf("held poll got %q, want a close packet without 41", got)
+	}
+	eventually(t, 3*time.Second, func() bool { return len(st.presenceList("abe")) == 0 }, "slot released")
+}
