@@ -23,7 +23,11 @@ type Config struct {
 	HeartbeatInterval time.Duration `koanf:"heartbeat_interval"`
 	Namespaces        []string      `koanf:"namespaces"`
 	MaxPendingAcks    int           `koanf:"max_pending_acks"`
-	ID                string        `koanf:"id"`
+	// ExpireSockets ends a socket (DISCONNECT, then close) when its token
+	// expires. Off by default: clients then stay connected past expiry, as
+	// with a typical Socket.IO server that checks tokens only at connect.
+	ExpireSockets bool   `koanf:"expire_sockets"`
+	ID            string `koanf:"id"`
 }
 
 // DefaultConfig returns the defaults of CONTRACT §2.

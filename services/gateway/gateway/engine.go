@@ -89,6 +89,7 @@ const (
 	timerPong
 	timerConnect
 	timerAck
+	timerExpiry
 )
 
 type timerKey struct {
@@ -111,6 +112,9 @@ func (g *Gateway) fire(k timerKey, _ time.Time) {
 		}
 	case timerAck:
 		k.s.expireAck(k.id)
+	case timerExpiry:
+		k.s.e.log().Debug("token expired", "socket", k.s.id)
+		k.s.e.kick(k.s)
 	}
 }
 

@@ -148,6 +148,7 @@ func (h *hub) removeSocket(s *socket, release bool) {
 		h.g.unsubscribe(sub)
 	}
 	s.dropAcks()
+	h.g.sched.Cancel(timerKey{s: s, kind: timerExpiry})
 	if s.announced.Load() {
 		s.publishLifecycle(api.EventDisconnect, json.RawMessage("[]"))
 	}

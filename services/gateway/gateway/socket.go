@@ -105,6 +105,7 @@ func (e *engine) connect(p socketio.Packet) {
 		return
 	}
 	uid := s.id
+	var expires time.Time
 	if !g.opts.noAuth {
 		token, msg := credentials{
 			authToken:  auth["token"],
@@ -129,6 +130,7 @@ func (e *engine) connect(p socketio.Packet) {
 			return
 		}
 		uid = id.UserID
+		expires = id.Expires
 	}
 	s.conn = api.Conn{
 		SocketID:  s.id,
@@ -183,6 +185,9 @@ func (e *engine) connect(p socketio.Packet) {
 	s.pending = nil
 	e.mu.Unlock()
 	g.sched.Cancel(timerKey{e: e, kind: timerConnect})
+	if g.cfg.ExpireSockets && !expires.IsZero() {
+		g.sched.Set(timerKey{s: s, kind: timerExpiry}, expires)
+	}
 	connectArgs := json.RawMessage("[]")
 	if g.opts.forwardAuth && len(p.Data) > 0 {
 		connectArgs = socketio.ArrayPayload(p.Data)
