@@ -1,0 +1,99 @@
+# Switchboard build, run and test entry points.
+#
+#   make build        build every service binary into bin/
+#   make run          build and run bin/devstack (embedded NATS + all services)
+#   make token        print a development token (USER=alice by default)
+#   make test         Go tests (race detector) of every module, then the e2e suite
+#   make lint         gofmt, go vet, and a build of each module without go.work
+#   make bench        benchmarks of every module
+#   make fuzz         every Fuzz target of pkg for FUZZTIME (default 20s) each
+#   make clean        remove bin/ and the e2e scratch directory
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+GO ?= go
+# Every Go module of the repository.
+MODULES := pkg services/auth services/devstack services/gateway services/presence services/timer
+# Service binaries built into bin/ (one per module under services/).
+SERVICES := $(patsubst services/%,%,$(filter services/%,$(MODULES)))
+BIN := bin
+FUZZTIME ?= 20s
+# Reserved: selects a devstack configuration profile in a later version.
+PROFILE ?=
+# Extra arguments for bin/devstack in `make run` (e.g. ARGS=-log.level=debug).
+ARGS ?=
+# USER is the login name in the environment: only USER=... on the command
+# line selects the token's user.
+TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),alice)
+# Builds use the workspace (go.work) even when GOWORK is set outside.
+GOWS := env -u GOWORK $(GO)
+
+.PHONY: all build run token test test-go test-e2e e2e-deps lint bench fuzz clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	@for s in $(SERVICES); do \
+		echo "go build services/$$s -> $(BIN)/$$s" >&2; \
+		(cd services/$$s && $(GOWS) build -o ../../$(BIN)/$$s .); \
+	done
+
+run: build
+	$(BIN)/devstack $(ARGS)
+
+token: build
+	@$(BIN)/devstack token $(TOKEN_USER)
+
+test: build
+	@fail=0; \
+	$(MAKE) --no-print-directory test-go || fail=1; \
+	$(MAKE) --no-print-directory test-e2e || fail=1; \
+	if [ $$fail -ne 0 ]; then echo "make test: FAILED"; exit 1; fi; \
+	echo "make test: all passed"
+
+test-go:
+	@fail=0; \
+	for m in $(MODULES); do \
+		echo "== go test $$m"; \
+		(cd $$m && $(GOWS) test -race -count=1 ./...) || fail=1; \
+	done; \
+	exit $$fail
+
+# npm ci, unless node_modules was installed from this very lock file.
+e2e-deps:
+	@cd e2e && if ! cmp -s package-lock.json node_modules/.installed-lock.json; then \
+		npm ci --no-audit --no-fund && cp package-lock.json node_modules/.installed-lock.json; \
+	fi
+
+test-e2e: build e2e-deps
+	cd e2e && node --test --test-reporter=tap test/*.test.js
+
+lint:
+	@fail=0; \
+	for m in $(MODULES); do \
+		echo "== lint $$m"; \
+		out=$$(cd $$m && gofmt -l .); \
+		if [ -n "$$out" ]; then echo "gofmt needed in $$m:"; echo "$$out"; fail=1; fi; \
+		(cd $$m && $(GOWS) vet ./...) || fail=1; \
+		(cd $$m && GOWORK=off $(GO) build ./...) || { echo "$$m does not build without go.work"; fail=1; }; \
+	done; \
+	exit $$fail
+
+bench:
+	@for m in $(MODULES); do \
+		echo "== bench $$m"; \
+		(cd $$m && $(GOWS) test -run='^$$' -bench=. -benchmem ./...); \
+	done
+
+fuzz:
+	@cd pkg && for p in $$($(GOWS) list ./...); do \
+		for t in $$($(GOWS) test -list '^Fuzz' $$p | grep '^Fuzz' || true); do \
+			echo "== fuzz $$p $$t for $(FUZZTIME)"; \
+			$(GOWS) test -run='^$$' -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) $$p; \
+		done; \
+	done
+
+clean:
+	rm -rf $(BIN) e2e/.tmp

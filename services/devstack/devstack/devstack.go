@@ -1,0 +1,321 @@
+// Package devstack runs a whole Switchboard in one process for development:
+// an embedded nats-server with JetStream and, on in-process connections to
+// it, the services named in the configuration.
+package devstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-rt/switchboard/pkg/boot"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
+	"github.com/switchboard-rt/switchboard/services/auth/authsvc"
+	"github.com/switchboard-rt/switchboard/services/gateway/gateway"
+	"github.com/switchboard-rt/switchboard/services/presence/presencesvc"
+	"github.com/switchboard-rt/switchboard/services/timer/timersvc"
+)
+
+// Service names accepted in Config.Services.
+const (
+	ServiceGateway  = "gateway"
+	ServiceAuth     = "auth"
+	ServicePresence = "presence"
+	ServiceTimer    = "timer"
+)
+
+// AllServices lists every service, in start order.
+var AllServices = []string{ServiceAuth, ServicePresence, ServiceTimer, ServiceGateway}
+
+// NATSServerConfig configures the embedded nats-server.
+type NATSServerConfig struct {
+	// Listen is the client address; other processes (backend services, the
+	// nats CLI) connect here. Port 0 picks a free port.
+	Listen string `koanf:"listen"`
+	// StoreDir holds JetStream's data (the KV buckets of presence and timer).
+	StoreDir string `koanf:"store_dir"`
+}
+
+// Config is the configuration of the development stack. Authentication is
+// not configurable: the stack always verifies JWTs signed with
+// authsvc.DevSecret, so that `devstack token` mints usable tokens.
+type Config struct {
+	NATSServer NATSServerConfig `koanf:"nats_server"`
+	// Services to run in-process; empty runs NATS only.
+	Services []string           `koanf:"services"`
+	Gateway  gateway.Config     `koanf:"gateway"`
+	Presence presencesvc.Config `koanf:"presence"`
+	Timer    timersvc.Config    `koanf:"timer"`
+	Log      boot.LogConfig     `koanf:"log"`
+}
+
+// DefaultConfig is the configuration of `make run`.
+func DefaultConfig() Config {
+	gw := gateway.DefaultConfig()
+	gw.AllowedOrigins = []string{"http://localhost:*", "http://127.0.0.1:*"}
+	return Config{
+		NATSServer: NATSServerConfig{Listen: "127.0.0.1:4222", StoreDir: "data/nats"},
+		Services:   []string{ServiceGateway, ServiceAuth, ServicePresence, ServiceTimer},
+		Gateway:    gw,
+		Presence:   presencesvc.DefaultConfig(),
+		Timer:      timersvc.DefaultConfig(),
+		Log:        boot.DefaultLog(),
+	}
+}
+
+// AuthConfig is the fixed authentication of the stack: JWT with DevSecret.
+func AuthConfig() authsvc.Config {
+	c := authsvc.DefaultConfig()
+	c.Verifier = "jwt"
+	c.JWT.Secret = authsvc.DevSecret
+	return c
+}
+
+// MintToken mints a token that the stack accepts for uid.
+func MintToken(uid string, ttl time.Duration) (string, error) {
+	c := AuthConfig()
+	return authsvc.MintToken(c.JWT.Secret, c.JWT.Issuer, c.JWT.Audience, uid, ttl)
+}
+
+// Validate checks the parts of c the stack itself interprets.
+func (c Config) Validate() error {
+	if c.NATSServer.StoreDir == "" {
+		return errors.New("nats_server.store_dir is empty")
+	}
+	if _, _, err := splitListen(c.NATSServer.Listen); err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for _, s := range c.Services {
+		if !slices.Contains(AllServices, s) {
+			return fmt.Errorf("services: unknown service %q (want some of %v)", s, AllServices)
+		}
+		if seen[s] {
+			return fmt.Errorf("services: %q listed twice", s)
+		}
+		seen[s] = true
+	}
+	return nil
+}
+
+func (c Config) runs(name string) bool { return slices.Contains(c.Services, name) }
+
+func splitListen(listen string) (string, int, error) {
+	host, p, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", 0, fmt.Errorf("nats_server.listen %q: %w", listen, err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("nats_server.listen %q: bad port", listen)
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	return host, port, nil
+}
+
+// Stack is a running development stack.
+type Stack struct {
+	log      *slog.Logger
+	ns       *server.Server
+	gw       *gateway.Gateway
+	services []stopper // stopped in reverse order, after the gateway
+	conns    []*nats.Conn
+}
+
+type stopper struct {
+	name string
+	stop func() error
+}
+
+// Start starts the NATS server, then auth, presence and timer, then the
+// gateway (each one that cfg.Services names). On error everything started is
+// stopped again.
+func Start(ctx context.Context, log *slog.Logger, cfg Config) (st *Stack, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	host, port, _ := splitListen(cfg.NATSServer.Listen)
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "switchboard-devstack",
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   cfg.NATSServer.StoreDir,
+		NoSigs:     true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("nats server: %w", err)
+	}
+	nl := natsLogger{log: log.With("component", "nats-server"), fatal: make(chan string, 1)}
+	ns.SetLoggerV2(nl, false, false, false)
+	go ns.Start()
+	if err := waitReady(ns, nl.fatal, 30*time.Second); err != nil {
+		ns.Shutdown()
+		return nil, fmt.Errorf("nats server: %w", err)
+	}
+	st = &Stack{log: log, ns: ns}
+	defer func() {
+		if err != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if serr := st.Stop(sctx); serr != nil {
+				log.Warn("stop after failed start", "err", serr)
+			}
+			st = nil
+		}
+	}()
+
+	if cfg.runs(ServiceAuth) {
+		nc, err := st.connect(ServiceAuth)
+		if err != nil {
+			return st, err
+		}
+		svc, err := authsvc.Start(ctx, log.With("component", ServiceAuth), nc, AuthConfig(), authsvc.WithDevSecret())
+		if err != nil {
+			return st, fmt.Errorf("start auth: %w", err)
+		}
+		st.services = append(st.services, stopper{ServiceAuth, svc.Stop})
+	}
+	if cfg.runs(ServicePresence) {
+		nc, err := st.connect(ServicePresence)
+		if err != nil {
+			return st, err
+		}
+		svc, err := presencesvc.Start(ctx, log.With("component", ServicePresence), nc, cfg.Presence)
+		if err != nil {
+			return st, fmt.Errorf("start presence: %w", err)
+		}
+		st.services = append(st.services, stopper{ServicePresence, svc.Stop})
+	}
+	if cfg.runs(ServiceTimer) {
+		nc, err := st.connect(ServiceTimer)
+		if err != nil {
+			return st, err
+		}
+		svc, err := timersvc.Start(ctx, log.With("component", ServiceTimer), nc, cfg.Timer)
+		if err != nil {
+			return st, fmt.Errorf("start timer: %w", err)
+		}
+		st.services = append(st.services, stopper{ServiceTimer, svc.Stop})
+	}
+	if cfg.runs(ServiceGateway) {
+		nc, err := st.connect(ServiceGateway)
+		if err != nil {
+			return st, err
+		}
+		gw, err := gateway.Start(ctx, log.With("component", ServiceGateway), nc, cfg.Gateway)
+		if err != nil {
+			return st, fmt.Errorf("start gateway: %w", err)
+		}
+		st.gw = gw
+	}
+	return st, nil
+}
+
+// connect opens an in-process client connection for one service.
+func (st *Stack) connect(name string) (*nats.Conn, error) {
+	nc, err := natsx.Connect(st.log.With("component", name), st.ns.ClientURL(), "devstack-"+name, nats.InProcessServer(st.ns))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	st.conns = append(st.conns, nc)
+	return nc, nil
+}
+
+// NATSURL is the client URL of the embedded NATS server.
+func (st *Stack) NATSURL() string { return st.ns.ClientURL() }
+
+// NATSAddr is the listening address of the embedded NATS server.
+func (st *Stack) NATSAddr() net.Addr { return st.ns.Addr() }
+
+// GatewayAddr is the gateway's listening address, nil when the stack runs
+// no gateway.
+func (st *Stack) GatewayAddr() net.Addr {
+	if st.gw == nil {
+		return nil
+	}
+	return st.gw.Addr()
+}
+
+// Stop drains the gateway first (clients reconnect elsewhere), then stops
+// the services, closes their NATS connections and shuts NATS down.
+func (st *Stack) Stop(ctx context.Context) error {
+	var errs []error
+	if st.gw != nil {
+		if err := st.gw.Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop gateway: %w", err))
+		}
+		st.gw = nil
+	}
+	for i := len(st.services) - 1; i >= 0; i-- {
+		s := st.services[i]
+		if err := s.stop(); err != nil {
+			errs = append(errs, fmt.Errorf("stop %s: %w", s.name, err))
+		}
+	}
+	st.services = nil
+	for _, nc := range st.conns {
+		natsx.Drain(nc, 5*time.Second)
+	}
+	st.conns = nil
+	if st.ns != nil {
+		st.ns.Shutdown()
+		st.ns.WaitForShutdown()
+		st.ns = nil
+	}
+	return errors.Join(errs...)
+}
+
+// waitReady waits until ns accepts clients, fails (a fatal log, such as a
+// busy port) or timeout passes.
+func waitReady(ns *server.Server, fatal <-chan string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for !ns.ReadyForConnections(50 * time.Millisecond) {
+		select {
+		case msg := <-fatal:
+			return errors.New(msg)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready after %v", timeout)
+		}
+	}
+	return nil
+}
+
+// natsLogger sends nats-server's log to slog. Notices (the start banner and
+// the like) are debug messages: the stack prints its own summary.
+// Fatal messages also go to fatal (without blocking) so that Start notices.
+type natsLogger struct {
+	log   *slog.Logger
+	fatal chan string
+}
+
+func (l natsLogger) Noticef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l natsLogger) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
+func (l natsLogger) Fatalf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	l.log.Error(msg)
+	select {
+	case l.fatal <- msg:
+	default:
+	}
+}
+func (l natsLogger) Errorf(format string, v ...any) { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l natsLogger) Debugf(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l natsLogger) Tracef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
+
+var _ server.Logger = natsLogger{}

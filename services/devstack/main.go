@@ -1,0 +1,134 @@
+// Command devstack runs Switchboard on a laptop: an embedded NATS server with
+// JetStream plus the gateway, auth, presence and timer services in one
+// process. Its subcommands mint development tokens and publish
+// notifications:
+//
+//	devstack [flags]                       run the stack (see -h)
+//	devstack token <uid> [-ttl 24h]        print a development JWT for uid
+//	devstack notify -user U -event E JSON  deliver an event (see notify -h)
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/switchboard-rt/switchboard/pkg/boot"
+	"github.com/switchboard-rt/switchboard/pkg/config"
+	"github.com/switchboard-rt/switchboard/services/devstack/devstack"
+)
+
+func main() {
+	args := os.Args[1:]
+	if len(args) > 0 {
+		switch args[0] {
+		case "token":
+			os.Exit(cmdToken(args[1:], os.Stdout, os.Stderr))
+		case "notify":
+			os.Exit(cmdNotify(args[1:], os.Getenv("SB_NATS_URL"), os.Stderr))
+		}
+	}
+	cfg := devstack.DefaultConfig()
+	log, rest, err := boot.Init("devstack", &cfg, &cfg.Log, args, os.Environ(), os.Stderr)
+	if err != nil {
+		if config.IsHelp(err) {
+			fmt.Fprintln(os.Stderr, "\nsubcommands: token <uid> [-ttl 24h], notify (see devstack notify -h)")
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "devstack:", err)
+		os.Exit(2)
+	}
+	if len(rest) > 0 {
+		fmt.Fprintf(os.Stderr, "devstack: unknown command %q (want token or notify)\n", rest[0])
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, log, cfg); err != nil {
+		log.Error("devstack failed", "err", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+// run starts the stack, prints how to use it and stops it gracefully when
+// ctx ends.
+func run(ctx context.Context, log *slog.Logger, cfg devstack.Config) error {
+	return serve(ctx, log, cfg, os.Stdout)
+}
+
+func serve(ctx context.Context, log *slog.Logger, cfg devstack.Config, out io.Writer) error {
+	if err := os.MkdirAll(cfg.NATSServer.StoreDir, 0o755); err != nil {
+		return fmt.Errorf("create store dir: %w", err)
+	}
+	// The services live until the stack stops them in order, not until the
+	// signal arrives.
+	st, err := devstack.Start(context.WithoutCancel(ctx), log, cfg)
+	if err != nil {
+		return err
+	}
+	if err := printBanner(out, st); err != nil {
+		log.Warn("print banner", "err", err)
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := st.Stop(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// printBanner tells the developer where everything is. The lines starting
+// with "nats:" and "socket.io:" are stable (scripts read them).
+func printBanner(w io.Writer, st *devstack.Stack) error {
+	var err error
+	p := func(format string, a ...any) {
+		if err == nil {
+			_, err = fmt.Fprintf(w, format+"\n", a...)
+		}
+	}
+	p("switchboard devstack is running (Ctrl-C to stop)")
+	p("nats: %s", st.NATSURL())
+	addr := st.GatewayAddr()
+	if addr == nil {
+		p("socket.io: none (no gateway in services)")
+		return err
+	}
+	url := "http://localhost:" + portOf(addr)
+	p("socket.io: %s", url)
+	p("")
+	p("get a token:      make token USER=alice    (or: bin/devstack token alice)")
+	tok, terr := devstack.MintToken("alice", 24*time.Hour)
+	if terr != nil {
+		return fmt.Errorf("mint token: %w", terr)
+	}
+	p("socket.io-client: io(%q, {transports: [\"websocket\"], auth: {token: %q}}).onAny((event, ...args) => console.log(event, ...args));", url, tok)
+	natsFlag := ""
+	if st.NATSURL() != defaultNATSURL {
+		natsFlag = " -s " + st.NATSURL()
+	}
+	p("notify alice:     nats pub sb.out.user.alice '\"hello\"' -H Sb-Event:greeting%s", natsFlag)
+	p("              or: bin/devstack notify -nats %s -user alice -event greeting '\"hello\"'", st.NATSURL())
+	return err
+}
+
+func portOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return strconv.Itoa(ta.Port)
+	}
+	_, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return port
+}
