@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/olahol/melody"
 
@@ -359,6 +361,15 @@ func (g *Gateway) onWSError(s *melody.Session, err error) {
 		e.broken.Store(true)
 		g.log.Warn("send queue full, closing slow client", "engine", e.id)
 		go e.close(closeSlow)
+		return
+	}
+	if errors.Is(err, websocket.ErrReadLimit) {
+		// The close 1009 is sent. Read and drop the rest of the oversized
+		// frame (bounded) so that closing does not reset the connection
+		// under the client before it reads the close code.
+		nc := s.WebsocketConnection().UnderlyingConn()
+		_ = nc.SetReadDeadline(time.Now().Add(time.Second))
+		_, _ = io.CopyN(io.Discard, nc, 2*int64(g.cfg.MaxPayload)+65536)
 		return
 	}
 	if errors.Is(err, melody.ErrWriteClosed) || errors.Is(err, melody.ErrSessionClosed) {

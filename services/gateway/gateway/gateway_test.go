@@ -663,3 +663,15 @@ func TestExpiredTokenEndsSocketWhenEnabled(t *testing.T) {
 	w.expectClosed(2 * time.Second)
 	eventually(t, 3*time.Second, func() bool { return len(st.presenceList("zoe")) == 0 }, "slot released")
 }
+
+func TestOversizedMessageCloseCodeSurvives(t *testing.T) {
+	st := newStack(t)
+	big := `42["big","` + strings.Repeat("x", 1_100_000) + `"]`
+	for i := 0; i < 5; i++ {
+		w, _ := st.mustConnect(fmt.Sprintf("big-%d", i), "")
+		_ = w.c.WriteMessage(websocket.TextMessage, []byte(big))
+		if ce := w.expectClosed(3 * time.Second); ce.Code != websocket.CloseMessageTooBig {
+			t.Fatalf("try %d: close %d %q, want 1009", i, ce.Code, ce.Text)
+		}
+	}
+}
