@@ -10,7 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/switchboard-rt/switchboard/pkg/config"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
 )
 
 // LogConfig selects the logger.
@@ -64,4 +67,35 @@ func Init(name string, cfg any, logc *LogConfig, args, environ []string, out io.
 	log = log.With("service", name)
 	log.Info("config", config.Printable(cfg)...)
 	return log, rest, nil
+}
+
+// Connect dials NATS as configured: with the credentials file when set,
+// logging connection changes. Close it with Drain.
+func (c NATSConfig) Connect(log *slog.Logger, name string) (*nats.Conn, error) {
+	var opts []nats.Option
+	if c.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(c.CredsFile))
+	}
+	return natsx.Connect(log, c.URL, name, opts...)
+}
+
+// Drain drains nc, waiting at most the request timeout (5 s when unset).
+func (c NATSConfig) Drain(nc *nats.Conn) {
+	d := c.Timeout
+	if d <= 0 {
+		d = 5 * time.Second
+	}
+	natsx.Drain(nc, d)
+}
+
+// Load is Init for binaries that take no positional arguments.
+func Load(name string, cfg any, logc *LogConfig, args, environ []string, out io.Writer) (*slog.Logger, error) {
+	log, rest, err := Init(name, cfg, logc, args, environ, out)
+	if err != nil {
+		return nil, err
+	}
+	if len(rest) > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", rest)
+	}
+	return log, nil
 }

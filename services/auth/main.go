@@ -11,13 +11,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-rt/switchboard/pkg/boot"
 	"github.com/switchboard-rt/switchboard/pkg/config"
-	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/services/auth/authsvc"
 )
 
@@ -84,19 +80,11 @@ func emulatorGuard(lookup func(string) (string, bool)) error {
 
 // run serves until ctx is done, then stops and drains.
 func run(ctx context.Context, log *slog.Logger, cfg Config) error {
-	var opts []nats.Option
-	if cfg.NATS.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.NATS.CredsFile))
-	}
-	nc, err := natsx.Connect(log, cfg.NATS.URL, authsvc.ServiceName, opts...)
+	nc, err := cfg.NATS.Connect(log, authsvc.ServiceName)
 	if err != nil {
 		return err
 	}
-	drainTimeout := cfg.NATS.Timeout
-	if drainTimeout <= 0 {
-		drainTimeout = 5 * time.Second
-	}
-	defer natsx.Drain(nc, drainTimeout)
+	defer cfg.NATS.Drain(nc)
 	svc, err := authsvc.Start(ctx, log, nc, cfg.Auth)
 	if err != nil {
 		return err

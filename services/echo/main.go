@@ -8,13 +8,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-rt/switchboard/pkg/boot"
 	"github.com/switchboard-rt/switchboard/pkg/config"
-	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/services/echo/echosvc"
 )
 
@@ -42,15 +38,11 @@ func main() {
 }
 
 func run(ctx context.Context, log *slog.Logger, cfg appConfig) error {
-	var opts []nats.Option
-	if cfg.NATS.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.NATS.CredsFile))
-	}
-	nc, err := natsx.Connect(log, cfg.NATS.URL, "switchboard-echo", opts...)
+	nc, err := cfg.NATS.Connect(log, "switchboard-echo")
 	if err != nil {
 		return err
 	}
-	defer natsx.Drain(nc, 5*time.Second)
+	defer cfg.NATS.Drain(nc)
 	svc, err := echosvc.Start(log, nc)
 	if err != nil {
 		return fmt.Errorf("start echo: %w", err)

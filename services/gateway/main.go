@@ -11,11 +11,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/switchboard-rt/switchboard/pkg/boot"
 	"github.com/switchboard-rt/switchboard/pkg/config"
-	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/services/gateway/gateway"
 )
 
@@ -46,15 +43,11 @@ func main() {
 }
 
 func run(ctx context.Context, log *slog.Logger, cfg appConfig) error {
-	var opts []nats.Option
-	if cfg.NATS.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.NATS.CredsFile))
-	}
-	nc, err := natsx.Connect(log, cfg.NATS.URL, "switchboard-gateway", opts...)
+	nc, err := cfg.NATS.Connect(log, "switchboard-gateway")
 	if err != nil {
 		return err
 	}
-	defer natsx.Drain(nc, 5*time.Second)
+	defer cfg.NATS.Drain(nc)
 	g, err := gateway.Start(ctx, log, nc, cfg.Gateway)
 	if err != nil {
 		return fmt.Errorf("start gateway: %w", err)

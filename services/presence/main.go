@@ -12,11 +12,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/switchboard-rt/switchboard/pkg/boot"
 	"github.com/switchboard-rt/switchboard/pkg/config"
-	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/services/presence/presencesvc"
 )
 
@@ -58,15 +55,11 @@ func main() {
 
 // run serves until ctx ends.
 func run(ctx context.Context, log *slog.Logger, cfg mainConfig) error {
-	var opts []nats.Option
-	if cfg.NATS.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.NATS.CredsFile))
-	}
-	nc, err := natsx.Connect(log, cfg.NATS.URL, presencesvc.ServiceName, opts...)
+	nc, err := cfg.NATS.Connect(log, presencesvc.ServiceName)
 	if err != nil {
 		return err
 	}
-	defer natsx.Drain(nc, drainTimeout)
+	defer cfg.NATS.Drain(nc)
 	svc, err := presencesvc.Start(ctx, log, nc, cfg.Presence)
 	if err != nil {
 		return fmt.Errorf("start presence: %w", err)

@@ -12,13 +12,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-rt/switchboard/pkg/boot"
 	"github.com/switchboard-rt/switchboard/pkg/config"
-	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/services/timer/timersvc"
 )
 
@@ -68,19 +64,11 @@ func load(args, environ []string, out io.Writer) (*slog.Logger, Config, error) {
 // run serves until ctx is done, then stops (releasing the tick lease) and
 // drains.
 func run(ctx context.Context, log *slog.Logger, cfg Config) error {
-	var opts []nats.Option
-	if cfg.NATS.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.NATS.CredsFile))
-	}
-	nc, err := natsx.Connect(log, cfg.NATS.URL, timersvc.ServiceName, opts...)
+	nc, err := cfg.NATS.Connect(log, timersvc.ServiceName)
 	if err != nil {
 		return err
 	}
-	drainTimeout := cfg.NATS.Timeout
-	if drainTimeout <= 0 {
-		drainTimeout = 5 * time.Second
-	}
-	defer natsx.Drain(nc, drainTimeout)
+	defer cfg.NATS.Drain(nc)
 	svc, err := timersvc.Start(ctx, log, nc, cfg.Timer)
 	if err != nil {
 		return err
