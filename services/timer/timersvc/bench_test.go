@@ -61,7 +61,7 @@ func burst(b *testing.B, pub msgPublisher, seen func() int64) {
 	cpu0, t0 := cpuTime(), time.Now()
 	var want int64
 	for range b.N {
-		gen := tk.activate()
+		gen := tk.activate(0)
 		loadAll(tk, gen, uids, 86400, time.Now())
 		want += benchTimers
 		for seen() < want {
@@ -157,7 +157,7 @@ func BenchmarkSteady10k(b *testing.B) {
 		deadline = time.UnixMilli(now.UnixMilli() + dur*1000)
 		mu.Unlock()
 		cpu0, t0 := cpuTime(), time.Now()
-		gen := tk.activate()
+		gen := tk.activate(0)
 		loadAll(tk, gen, uids, dur, now)
 		for {
 			mu.Lock()

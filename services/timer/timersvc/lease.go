@@ -17,6 +17,10 @@ import (
 type leaseDoc struct {
 	Instance string `json:"instance"`
 	Until    int64  `json:"until"` // Unix milliseconds
+	// Sent, in a lease released on purpose, is the due time (Unix ms) up to
+	// which the previous holder sent every tick: the next holder does not
+	// send those again.
+	Sent int64 `json:"sent,omitempty"`
 }
 
 // leaseState is this instance's view of the tick lease; only the lease loop
@@ -132,7 +136,7 @@ func (s *Service) acquire(ctx context.Context, now time.Time) {
 		}
 		return
 	}
-	if err := s.gain(rev, now.Add(s.cfg.LeaseTTL)); err != nil {
+	if err := s.gain(rev, now.Add(s.cfg.LeaseTTL), cur.Sent); err != nil {
 		s.log.Error("start ticking", "err", err)
 		s.drop("start failed")
 		s.release()
@@ -141,8 +145,8 @@ func (s *Service) acquire(ctx context.Context, now time.Time) {
 
 // gain starts a term as lease holder: watch every user's timers and the
 // connections that open.
-func (s *Service) gain(rev uint64, until time.Time) error {
-	gen := s.ticker.activate()
+func (s *Service) gain(rev uint64, until time.Time, sent int64) error {
+	gen := s.ticker.activate(sent)
 	termCtx, termCancel := context.WithCancel(s.leaseCtx)
 	s.lease = leaseState{held: true, rev: rev, until: until, gen: gen, termCancel: termCancel}
 	s.log.Info("tick lease acquired")
@@ -224,8 +228,8 @@ func (s *Service) drop(reason string) {
 	s.lease.rev = l.rev
 }
 
-// release deletes the lease if it is still the revision we wrote, so
-// another instance can take it at once.
+// release frees the lease if it is still the revision we wrote, so another
+// instance can take it at once, noting up to when ticks were sent.
 func (s *Service) release() {
 	rev := s.lease.rev
 	s.lease.rev = 0
@@ -234,7 +238,8 @@ func (s *Service) release() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	err := s.kv.Delete(ctx, leaseKey, jetstream.LastRevision(rev))
+	free, _ := json.Marshal(leaseDoc{Sent: s.ticker.firedThrough()})
+	_, err := s.kv.Update(ctx, leaseKey, free, rev)
 	switch {
 	case err == nil:
 		s.log.Info("tick lease released")

@@ -49,6 +49,8 @@ type ticker struct {
 	mu     sync.Mutex
 	active bool   // this instance holds the lease
 	gen    uint64 // bumped on every activation and deactivation
+	sent   int64  // ticks due up to here (Unix ms) were sent by the previous holder
+	fired  int64  // every tick due up to here (Unix ms) was sent in this term
 	users  map[string]map[string]*tstate
 	// done holds timers that sent tick 0 and timerDone but may still be in
 	// KV (start by device by user), so a stale watch update cannot revive
@@ -76,13 +78,24 @@ func newTicker(log *slog.Logger, pub msgPublisher, remove func(removal)) *ticker
 	return t
 }
 
-// activate starts a term as lease holder and returns its generation.
-func (t *ticker) activate() uint64 {
+// activate starts a term as lease holder and returns its generation. Ticks
+// due at or before sent (Unix ms) were sent by the previous holder.
+func (t *ticker) activate(sent int64) uint64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.gen++
 	t.active = true
+	t.sent = sent
+	t.fired = 0
 	return t.gen
+}
+
+// firedThrough is the latest due time (Unix ms) up to which every tick was
+// sent: the scheduler fires in due order.
+func (t *ticker) firedThrough() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.fired
 }
 
 // deactivate ends the term: no tick is sent after it returns.
@@ -161,7 +174,14 @@ func (t *ticker) apply(gen uint64, uid string, doc *userDoc, now time.Time) {
 			devs = map[string]*tstate{}
 			t.users[uid] = devs
 		}
-		devs[dev] = &tstate{rec: rec, next: rec.remaining(now.UnixMilli()), subj: subj}
+		st := &tstate{rec: rec, next: rec.remaining(now.UnixMilli()), subj: subj}
+		devs[dev] = st
+		if grid := rec.Deadline - int64(st.next)*1000; st.next > 0 && grid <= t.sent {
+			// The previous holder sent this value: go on with the next one.
+			st.next--
+			t.sched.Set(tkey{uid, dev}, time.UnixMilli(rec.Deadline-int64(st.next)*1000))
+			continue
+		}
 		t.sched.Set(tkey{uid, dev}, now) // current tick at once
 	}
 	if len(devs) == 0 {
@@ -185,6 +205,11 @@ func (t *ticker) fire(k tkey, due time.Time) {
 		t.late++
 		t.maxLate = max(t.maxLate, late)
 	}
+	// Ticks fire in due order, so every tick due before this one was sent.
+	// (Another timer's tick due in the very same millisecond could still be
+	// pending if the term ends right now; the next holder would then skip
+	// that one tick.)
+	t.fired = max(t.fired, due.UnixMilli())
 	// Normally the due value; after a stall of more than a second the
 	// missed ticks are skipped rather than sent in a burst.
 	r := min(st.next, st.rec.remaining(time.Now().UnixMilli()))
