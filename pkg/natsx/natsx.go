@@ -155,24 +155,41 @@ func Request[Resp any](ctx context.Context, nc Requester, subj string, req any) 
 // Handle adapts a typed function to a micro.Handler: the request body is
 // decoded as JSON into a Req (400 when it is not), fn runs with a context
 // bounded by timeout, and its result is sent as JSON or as a coded error.
+//
+// micro calls a handler for one request at a time; Handle runs up to
+// MaxInFlight requests of the endpoint at once, each on its own goroutine,
+// and makes the subscription wait beyond that. Handlers must therefore be
+// safe for concurrent use and must not rely on the order of requests.
 func Handle[Req, Resp any](log *slog.Logger, timeout time.Duration, fn func(context.Context, Req) (Resp, error)) micro.Handler {
+	slots := make(chan struct{}, MaxInFlight)
 	return micro.HandlerFunc(func(r micro.Request) {
-		var req Req
-		if err := json.Unmarshal(r.Data(), &req); err != nil {
-			respondErr(log, r, Errorf(400, "invalid request: %v", err))
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		resp, err := fn(ctx, req)
-		if err != nil {
-			respondErr(log, r, err)
-			return
-		}
-		if err := r.RespondJSON(resp); err != nil {
-			log.Debug("respond", "subject", r.Subject(), "err", err)
-		}
+		slots <- struct{}{}
+		go func() {
+			defer func() { <-slots }()
+			serve(log, timeout, fn, r)
+		}()
 	})
+}
+
+// MaxInFlight bounds the requests one Handle endpoint serves at once.
+const MaxInFlight = 64
+
+func serve[Req, Resp any](log *slog.Logger, timeout time.Duration, fn func(context.Context, Req) (Resp, error), r micro.Request) {
+	var req Req
+	if err := json.Unmarshal(r.Data(), &req); err != nil {
+		respondErr(log, r, Errorf(400, "invalid request: %v", err))
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	resp, err := fn(ctx, req)
+	if err != nil {
+		respondErr(log, r, err)
+		return
+	}
+	if err := r.RespondJSON(resp); err != nil {
+		log.Debug("respond", "subject", r.Subject(), "err", err)
+	}
 }
 
 func respondErr(log *slog.Logger, r micro.Request, err error) {

@@ -287,3 +287,27 @@ func TestConnect(t *testing.T) {
 		t.Errorf("Connect to a closed port: %v", err)
 	}
 }
+
+// A slow request does not hold up the endpoint's other requests.
+func TestHandleServesConcurrently(t *testing.T) {
+	nc, _ := setup(t)
+	slow := make(chan error, 1)
+	go func() {
+		c, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_, err := natsx.Request[echoResp](c, nc, "test.echo", echoReq{Mode: "slow"})
+		slow <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // the slow one is being handled
+	start := time.Now()
+	resp, err := natsx.Request[echoResp](ctx(t), nc, "test.echo", echoReq{Name: "quick"})
+	if err != nil || resp.Greeting != "hello quick" {
+		t.Fatalf("quick request: %+v %v", resp, err)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Fatalf("quick request waited %v behind the slow one", d)
+	}
+	if err := <-slow; err == nil {
+		t.Fatal("slow request should fail at its handler timeout")
+	}
+}

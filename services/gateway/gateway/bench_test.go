@@ -158,3 +158,33 @@ func (st *stack) mustConnectQuiet(uid string) {
 		st.t.Fatalf("connect %s: %q %v", uid, msg, err)
 	}
 }
+
+// BenchmarkHandshakeParallel: as BenchmarkHandshake with many clients at
+// once (distinct users), the reconnect-storm case.
+func BenchmarkHandshakeParallel(b *testing.B) {
+	st := newStack(b)
+	var n atomic.Int64
+	b.SetParallelism(16)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		tok := st.token(fmt.Sprintf("hsp-%d", n.Add(1)))
+		for pb.Next() {
+			c, _, err := websocket.DefaultDialer.Dial(st.url(""), nil)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			_, _, _ = c.ReadMessage()
+			_ = c.WriteMessage(websocket.TextMessage, []byte(`40{"token":"`+tok+`"}`))
+			_, msg, err := c.ReadMessage()
+			for err == nil && len(msg) > 1 && msg[1] == '2' { // connections update
+				_, msg, err = c.ReadMessage()
+			}
+			if err != nil || len(msg) < 2 || msg[1] != '0' {
+				b.Errorf("connect: %q %v", msg, err)
+			}
+			_ = c.Close()
+			time.Sleep(5 * time.Millisecond) // let the release land before reconnecting
+		}
+	})
+}
