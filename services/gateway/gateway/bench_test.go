@@ -13,43 +13,6 @@ import (
 	"github.com/switchboard-rt/switchboard/services/presence/presencesvc"
 )
 
-// BenchmarkDeliveryToSocket: a service publishes on sb.out.conn.<sid>; the
-// gateway writes each event to a WebSocket client that reads it. One op is
-// one event end to end (NATS → gateway → WebSocket → client).
-func BenchmarkDeliveryToSocket(b *testing.B) {
-	st := newStack(b)
-	w, sid := st.mustConnect("bench", "")
-	cl := client.New(st.nc)
-	payload := map[string]any{"text": "hello", "n": 1}
-	// Drain the connections update.
-	if s, _ := w.skipUpdates(200 * time.Millisecond); s != "" {
-		b.Fatalf("unexpected %q", s)
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	// At most 128 events in flight: the socket's send queue is bounded (256)
-	// and overflowing it disconnects the client by design.
-	window := make(chan struct{}, 128)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for i := 0; i < b.N; i++ {
-			if _, err := w.skipUpdates(10 * time.Second); err != nil {
-				b.Errorf("read %d: %v", i, err)
-				return
-			}
-			<-window
-		}
-	}()
-	for i := 0; i < b.N; i++ {
-		window <- struct{}{}
-		if err := cl.NotifyConn(sid, "msg", payload); err != nil {
-			b.Fatal(err)
-		}
-	}
-	<-done
-}
-
 // BenchmarkClientEventToNATS: a WebSocket client emits events; a NATS
 // subscriber receives them on sb.in.<event>.
 func BenchmarkClientEventToNATS(b *testing.B) {
@@ -105,10 +68,12 @@ func BenchmarkHandshake(b *testing.B) {
 	}
 }
 
-// BenchmarkDeliveryIdleConnections delivers to one socket while many other
-// users' sockets are connected to the same gateway: the cost per event must
-// not grow with them (interest-based subscriptions, no scan of all sockets).
-func BenchmarkDeliveryIdleConnections(b *testing.B) {
+// BenchmarkDelivery: a service publishes on sb.out.conn.<sid>; the gateway
+// writes the event to a WebSocket client that reads it (one op is one event
+// end to end), while `idle` other users' sockets are connected to the same
+// gateway: the cost per event must not grow with them (interest-based
+// subscriptions, no scan of all sockets).
+func BenchmarkDelivery(b *testing.B) {
 	for _, idle := range []int{0, 1000, 5000} {
 		b.Run(fmt.Sprintf("idle=%d", idle), func(b *testing.B) {
 			st := newStack(b, func(c *Config, _ *presencesvc.Config) { c.PingInterval = time.Hour })
@@ -116,31 +81,39 @@ func BenchmarkDeliveryIdleConnections(b *testing.B) {
 				st.mustConnectQuiet(fmt.Sprintf("idle-%d", i))
 			}
 			w, sid := st.mustConnect("target", "")
-			cl := client.New(st.nc)
 			_, _ = w.skipUpdates(200 * time.Millisecond)
-			b.ReportAllocs()
-			b.ResetTimer()
-			window := make(chan struct{}, 128)
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				for i := 0; i < b.N; i++ {
-					if _, err := w.skipUpdates(10 * time.Second); err != nil {
-						b.Errorf("read %d: %v", i, err)
-						return
-					}
-					<-window
-				}
-			}()
-			for i := 0; i < b.N; i++ {
-				window <- struct{}{}
-				if err := cl.NotifyConn(sid, "msg", i); err != nil {
-					b.Fatal(err)
-				}
-			}
-			<-done
+			deliverWindowed(b, st, w, sid)
 		})
 	}
+}
+
+// deliverWindowed publishes b.N events to one socket and waits until the
+// client has read them, with at most 128 in flight: the socket's send queue
+// is bounded (256) and overflowing it disconnects the client by design.
+func deliverWindowed(b *testing.B, st *stack, w *wsClient, sid string) {
+	cl := client.New(st.nc)
+	payload := map[string]any{"text": "hello", "n": 1}
+	b.ReportAllocs()
+	b.ResetTimer()
+	window := make(chan struct{}, 128)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < b.N; i++ {
+			if _, err := w.skipUpdates(10 * time.Second); err != nil {
+				b.Errorf("read %d: %v", i, err)
+				return
+			}
+			<-window
+		}
+	}()
+	for i := 0; i < b.N; i++ {
+		window <- struct{}{}
+		if err := cl.NotifyConn(sid, "msg", payload); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-done
 }
 
 // mustConnectQuiet opens a connected socket whose frames nobody reads
