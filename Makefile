@@ -1,7 +1,8 @@
 # Switchboard build, run and test entry points.
 #
 #   make build        build every service binary into bin/
-#   make run          build and run bin/devstack (embedded NATS + all services)
+#   make run          build and run bin/devstack (embedded NATS + all services;
+#                     PROFILE=echo: the Socket.IO protocol test profile)
 #   make token        print a development token (USER=alice by default)
 #   make test         Go tests (race detector) of every module, then the e2e suite
 #   make lint         gofmt, go vet, and a build of each module without go.work
@@ -14,12 +15,13 @@ SHELL := /bin/bash
 
 GO ?= go
 # Every Go module of the repository.
-MODULES := pkg services/auth services/devstack services/gateway services/presence services/timer
+MODULES := pkg services/auth services/devstack services/echo services/gateway services/presence services/timer
 # Service binaries built into bin/ (one per module under services/).
 SERVICES := $(patsubst services/%,%,$(filter services/%,$(MODULES)))
 BIN := bin
 FUZZTIME ?= 20s
-# Reserved: selects a devstack configuration profile in a later version.
+# Devstack profile for `make run`: empty (the authenticated stack) or echo
+# (auth disabled, the echo service; the Socket.IO protocol test target).
 PROFILE ?=
 # Extra arguments for bin/devstack in `make run` (e.g. ARGS=-log.level=debug).
 ARGS ?=
@@ -41,7 +43,7 @@ build:
 	done
 
 run: build
-	$(BIN)/devstack $(ARGS)
+	$(BIN)/devstack $(if $(PROFILE),-profile=$(PROFILE)) $(ARGS)
 
 token: build
 	@$(BIN)/devstack token $(TOKEN_USER)

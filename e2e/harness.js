@@ -4,10 +4,12 @@
 //
 //   bin/devstack   with no services: the NATS server (JetStream, temp store)
 //   bin/auth       jwt verifier with a random secret
-//   bin/presence, bin/timer
-//   bin/gateway    on a random port
+//   bin/presence, bin/timer (and bin/echo when asked for)
+//   bin/gateway    on a random port (or several gateways on one NATS)
 //
-// Every process writes its output to .tmp/<test file>/<service>.log.
+// startDevstack instead runs bin/devstack with its in-process services (for
+// example the echo profile). Every process writes its output to
+// .tmp/<test file>/<service>.log.
 
 const { spawn, execFile } = require('node:child_process');
 const crypto = require('node:crypto');
@@ -22,11 +24,23 @@ const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin');
 const TMP = path.join(__dirname, '.tmp');
 const SERVICES = ['auth', 'presence', 'timer', 'gateway'];
+// Process names that run bin/gateway: gateway, gateway2, gateway3, ...
+const isGateway = (name) => /^gateway\d*$/.test(name);
 const ISSUER = 'switchboard-e2e';
 const AUDIENCE = 'switchboard';
 const LOG_LEVEL = process.env.E2E_LOG_LEVEL || 'info';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// exitWithin resolves with the child's exit info, or null when it has not
+// exited within ms (its timer does not keep the test process alive).
+function exitWithin(child, ms) {
+  let timer;
+  const late = new Promise((r) => {
+    timer = setTimeout(() => r(null), ms);
+  });
+  return Promise.race([child.exited, late]).finally(() => clearTimeout(timer));
+}
 
 // Every child of this test process, killed if the process exits early.
 const children = new Set();
@@ -122,6 +136,30 @@ function httpAnswers(port) {
   });
 }
 
+// readBanner copies a devstack's stdout to logPath and resolves with the
+// URLs of its banner: {nats, socketio} (socketio is null without a gateway).
+function readBanner(child, logPath, timeoutMs = 20000) {
+  const logFile = fs.createWriteStream(logPath, { flags: 'a' });
+  let out = '';
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`devstack printed no banner; see ${logPath}`)), timeoutMs);
+    child.stdout.on('data', (chunk) => {
+      logFile.write(chunk);
+      out += chunk.toString();
+      const n = /^nats: (nats:\/\/\S+)$/m.exec(out);
+      const g = /^socket\.io: (\S+)/m.exec(out);
+      if (n && g) {
+        clearTimeout(timer);
+        resolve({ nats: n[1], socketio: g[1].startsWith('http') ? g[1] : null });
+      }
+    });
+    child.exited.then((info) => {
+      clearTimeout(timer);
+      reject(new Error(`devstack exited ${JSON.stringify(info)}; see ${logPath}`));
+    });
+  });
+}
+
 // once resolves with the arguments of the next `event` on emitter, or
 // rejects after timeoutMs.
 function once(emitter, event, timeoutMs = 5000) {
@@ -193,8 +231,14 @@ class Recorder {
 }
 
 class Stack {
-  constructor(name) {
+  // opts.services: the processes to run besides NATS (default auth,
+  // presence, timer, gateway); gateway2, gateway3... are more gateways on
+  // the same NATS, echo is bin/echo. opts.gatewayEnv: extra settings of
+  // every gateway.
+  constructor(name, { services = SERVICES, gatewayEnv = {} } = {}) {
     this.name = name;
+    this.services = services;
+    this.gatewayEnv = gatewayEnv;
     this.logDir = path.join(TMP, name);
     this.procs = {};
     this.sockets = new Set();
@@ -206,13 +250,22 @@ class Stack {
     fs.rmSync(this.logDir, { recursive: true, force: true });
     fs.mkdirSync(this.logDir, { recursive: true });
     this.storeDir = fs.mkdtempSync(path.join(this.logDir, 'nats-'));
-    this.gatewayPort = await freePort();
+    this.gatewayPorts = {};
+    for (const s of this.services.filter(isGateway)) this.gatewayPorts[s] = await freePort();
+    this.gatewayPort = this.gatewayPorts.gateway;
     this.url = `http://127.0.0.1:${this.gatewayPort}`;
 
     await this.startNATS();
-    await Promise.all(SERVICES.map((s) => this.spawnService(s)));
-    await waitUntil('the gateway HTTP port', () => this.checkAlive() && httpAnswers(this.gatewayPort), 20000);
+    await Promise.all(this.services.map((s) => this.spawnService(s)));
+    for (const port of Object.values(this.gatewayPorts)) {
+      await waitUntil('the gateway HTTP port', () => this.checkAlive() && httpAnswers(port), 20000);
+    }
     await this.waitReady();
+  }
+
+  // gatewayURL is the Socket.IO URL of one gateway process.
+  gatewayURL(name = 'gateway') {
+    return `http://127.0.0.1:${this.gatewayPorts[name]}`;
   }
 
   // checkAlive throws, with the end of its log, when a process has exited.
@@ -262,24 +315,7 @@ class Stack {
       SB_NATS_SERVER_LISTEN: '127.0.0.1:0',
       SB_NATS_SERVER_STORE_DIR: this.storeDir,
     });
-    const logFile = fs.createWriteStream(this.log('nats'), { flags: 'a' });
-    let out = '';
-    this.natsUrl = await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`devstack printed no NATS URL; see ${this.log('nats')}`)), 20000);
-      child.stdout.on('data', (chunk) => {
-        logFile.write(chunk);
-        out += chunk.toString();
-        const m = /^nats: (nats:\/\/\S+)$/m.exec(out);
-        if (m) {
-          clearTimeout(timer);
-          resolve(m[1]);
-        }
-      });
-      child.exited.then((info) => {
-        clearTimeout(timer);
-        reject(new Error(`devstack exited ${JSON.stringify(info)}; see ${this.log('nats')}`));
-      });
-    });
+    this.natsUrl = (await readBanner(child, this.log('nats'))).nats;
   }
 
   serviceEnv(name) {
@@ -293,19 +329,21 @@ class Stack {
           SB_AUTH_JWT_ISSUER: ISSUER,
           SB_AUTH_JWT_AUDIENCE: AUDIENCE,
         };
-      case 'gateway':
-        return {
-          ...env,
-          SB_GATEWAY_LISTEN: `127.0.0.1:${this.gatewayPort}`,
-          SB_GATEWAY_ALLOWED_ORIGINS: 'http://localhost:*,http://127.0.0.1:*',
-        };
       default:
+        if (isGateway(name)) {
+          return {
+            ...env,
+            SB_GATEWAY_LISTEN: `127.0.0.1:${this.gatewayPorts[name]}`,
+            SB_GATEWAY_ALLOWED_ORIGINS: 'http://localhost:*,http://127.0.0.1:*',
+            ...this.gatewayEnv,
+          };
+        }
         return env;
     }
   }
 
   spawnService(name) {
-    const child = this.spawnChild(name, name, [], this.serviceEnv(name));
+    const child = this.spawnChild(name, isGateway(name) ? 'gateway' : name, [], this.serviceEnv(name));
     child.exited.then((info) => {
       if (!this.stopping && !child.expectedExit) {
         process.stderr.write(`# ${name} exited unexpectedly ${JSON.stringify(info)}; see ${this.log(name)}\n`);
@@ -315,28 +353,38 @@ class Stack {
   }
 
   // waitReady waits until a probe client completes a CONNECT (auth and
-  // presence answer) and the timer service answers timerList.
+  // presence answer) on every gateway, and the timer service answers
+  // timerList (the echo service message-with-ack) when it runs.
   async waitReady(timeoutMs = 20000) {
-    await waitUntil(
-      'auth, presence and timer',
-      async () => {
-        this.checkAlive();
-        const s = this.rawIO({ token: this.token(`probe-${crypto.randomUUID()}`) });
-        try {
-          await new Promise((resolve, reject) => {
-            s.once('connect', resolve);
-            s.once('connect_error', reject);
-            setTimeout(() => reject(new Error('probe connect timeout')), 3000);
-          });
-          const [ack] = [await s.timeout(2000).emitWithAck('timerList')];
-          return ack && ack.status !== 'error';
-        } finally {
-          s.disconnect();
-        }
-      },
-      timeoutMs,
-      200,
-    );
+    for (const gw of Object.keys(this.gatewayPorts)) {
+      await waitUntil(
+        `auth, presence and ${this.services.filter((s) => s === 'timer' || s === 'echo').join(', ') || 'no other service'} via ${gw}`,
+        async () => {
+          this.checkAlive();
+          const s = this.rawIO({ token: this.token(`probe-${crypto.randomUUID()}`) }, {}, this.gatewayURL(gw));
+          try {
+            await new Promise((resolve, reject) => {
+              s.once('connect', resolve);
+              s.once('connect_error', reject);
+              setTimeout(() => reject(new Error('probe connect timeout')), 3000);
+            });
+            if (this.services.includes('timer')) {
+              const ack = await s.timeout(2000).emitWithAck('timerList');
+              if (!ack || ack.status === 'error') return false;
+            }
+            if (this.services.includes('echo')) {
+              const ack = await s.timeout(2000).emitWithAck('message-with-ack', 'ready');
+              if (ack !== 'ready') return false;
+            }
+            return true;
+          } finally {
+            s.disconnect();
+          }
+        },
+        timeoutMs,
+        200,
+      );
+    }
   }
 
   // restart stops one service with SIGTERM and starts it again. It resolves
@@ -345,7 +393,7 @@ class Stack {
     const old = this.procs[name];
     old.expectedExit = true;
     old.kill('SIGTERM');
-    const info = await Promise.race([old.exited, sleep(10000).then(() => null)]);
+    const info = await exitWithin(old, 10000);
     if (!info) {
       old.kill('SIGKILL');
       await old.exited;
@@ -370,8 +418,8 @@ class Stack {
 
   // rawIO creates a socket.io-client socket (websocket only, no
   // reconnection unless asked) that the stack closes at the end.
-  rawIO(auth, opts = {}) {
-    const s = io(this.url, {
+  rawIO(auth, opts = {}, url = this.url) {
+    const s = io(url, {
       transports: ['websocket'],
       forceNew: true,
       reconnection: false,
@@ -465,11 +513,12 @@ class Stack {
     this.stopping = true;
     for (const s of this.sockets) s.disconnect();
     this.sockets.clear();
-    for (const name of ['gateway', 'timer', 'presence', 'auth', 'nats']) {
+    const order = [...Object.keys(this.gatewayPorts || {}), 'echo', 'timer', 'presence', 'auth', 'nats'];
+    for (const name of order) {
       const c = this.procs[name];
       if (!c || c.exitInfo) continue;
       c.kill('SIGTERM');
-      const info = await Promise.race([c.exited, sleep(5000).then(() => null)]);
+      const info = await exitWithin(c, 5000);
       if (!info) {
         c.kill('SIGKILL');
         await c.exited;
@@ -479,9 +528,10 @@ class Stack {
   }
 }
 
-// startStack starts a stack for one test file; name names its log folder.
-async function startStack(name) {
-  const st = new Stack(name);
+// startStack starts a stack for one test file; name names its log folder;
+// opts are the Stack's (services, gatewayEnv).
+async function startStack(name, opts = {}) {
+  const st = new Stack(name, opts);
   process.stderr.write(`# ${name}: service logs in ${path.relative(process.cwd(), st.logDir)}\n`);
   try {
     await st.start();
@@ -492,9 +542,101 @@ async function startStack(name) {
   return st;
 }
 
+// Devstack is one bin/devstack process running its services in-process.
+class Devstack {
+  constructor(name) {
+    this.name = name;
+    this.logDir = path.join(TMP, name);
+    this.sockets = new Set();
+  }
+
+  async start(args, env) {
+    fs.rmSync(this.logDir, { recursive: true, force: true });
+    fs.mkdirSync(this.logDir, { recursive: true });
+    this.storeDir = fs.mkdtempSync(path.join(this.logDir, 'nats-'));
+    const logPath = path.join(this.logDir, 'devstack.log');
+    const fd = fs.openSync(logPath, 'a');
+    const child = spawn(binary('devstack'), args, {
+      env: childEnv({
+        SB_NATS_SERVER_LISTEN: '127.0.0.1:0',
+        SB_NATS_SERVER_STORE_DIR: this.storeDir,
+        SB_GATEWAY_LISTEN: '127.0.0.1:0',
+        ...env,
+      }),
+      stdio: ['ignore', 'pipe', fd],
+    });
+    fs.closeSync(fd);
+    children.add(child);
+    child.exited = new Promise((resolve) => {
+      child.on('exit', (code, signal) => {
+        children.delete(child);
+        child.exitInfo = { code, signal };
+        resolve(child.exitInfo);
+      });
+    });
+    this.proc = child;
+    const banner = await readBanner(child, logPath);
+    if (!banner.socketio) throw new Error(`devstack runs no gateway; see ${logPath}`);
+    this.natsUrl = banner.nats;
+    // The banner names localhost; the gateway listens on 127.0.0.1.
+    this.url = banner.socketio.replace('//localhost:', '//127.0.0.1:');
+  }
+
+  // io creates a socket.io-client socket for url + nsp (no reconnection
+  // unless asked) that stop closes.
+  io(nsp = '/', opts = {}) {
+    const s = io(this.url + (nsp === '/' ? '' : nsp), { forceNew: true, reconnection: false, timeout: 5000, ...opts });
+    this.sockets.add(s);
+    return s;
+  }
+
+  // notify runs `bin/devstack notify` as a separate process.
+  notify(args) {
+    return new Promise((resolve, reject) => {
+      execFile(binary('devstack'), ['notify', '-nats', this.natsUrl, ...args], { env: childEnv({}), timeout: 10000 }, (err, stdout, stderr) => {
+        if (err) reject(new Error(`devstack notify ${args.join(' ')}: ${err.message} ${stderr}`));
+        else resolve(stdout);
+      });
+    });
+  }
+
+  alive() {
+    return this.proc && this.proc.exitCode === null && this.proc.signalCode === null;
+  }
+
+  async stop() {
+    for (const s of this.sockets) s.disconnect();
+    this.sockets.clear();
+    const c = this.proc;
+    if (c && !c.exitInfo) {
+      c.kill('SIGTERM');
+      const info = await exitWithin(c, 10000);
+      if (!info) {
+        c.kill('SIGKILL');
+        await c.exited;
+      }
+    }
+    if (this.storeDir) fs.rmSync(this.storeDir, { recursive: true, force: true });
+  }
+}
+
+// startDevstack runs `bin/devstack args...` with NATS and the gateway on
+// random ports (env adds settings) and resolves once it printed its banner.
+async function startDevstack(name, args = [], env = {}) {
+  const ds = new Devstack(name);
+  process.stderr.write(`# ${name}: devstack log in ${path.relative(process.cwd(), ds.logDir)}\n`);
+  try {
+    await ds.start(args, env);
+  } catch (err) {
+    await ds.stop();
+    throw new Error(`${err.message} (logs in ${ds.logDir})`);
+  }
+  return ds;
+}
+
 // uid returns a user id unique to this run.
 function uid(prefix) {
   return `${prefix}-${crypto.randomBytes(4).toString('hex')}`;
 }
 
-module.exports = { startStack, mintToken, once, sleep, uid, waitUntil, Recorder, ISSUER, AUDIENCE };
+module.exports = { startStack, startDevstack, mintToken, once, sleep, uid, waitUntil, Recorder, ISSUER, AUDIENCE };

@@ -143,6 +143,9 @@ func (w *rewriter) value() error {
 	if err != nil {
 		return err
 	}
+	if end <= w.i {
+		return invalid("unexpected %q in JSON", w.in[w.i])
+	}
 	w.out = append(w.out, w.in[w.i:end]...)
 	w.i = end
 	return nil
@@ -170,6 +173,9 @@ func (w *rewriter) container(closer byte, object bool) error {
 			end, err := skip(w.in, w.i) // the key
 			if err != nil {
 				return err
+			}
+			if end <= w.i {
+				return invalid("unexpected %q in JSON", w.in[w.i])
 			}
 			w.out = append(w.out, w.in[w.i:end]...)
 			w.i = end

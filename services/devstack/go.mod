@@ -9,6 +9,7 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/switchboard-rt/switchboard/pkg v0.0.0
 	github.com/switchboard-rt/switchboard/services/auth v0.0.0
+	github.com/switchboard-rt/switchboard/services/echo v0.0.0
 	github.com/switchboard-rt/switchboard/services/gateway v0.0.0
 	github.com/switchboard-rt/switchboard/services/presence v0.0.0
 	github.com/switchboard-rt/switchboard/services/timer v0.0.0
@@ -94,6 +95,7 @@ require (
 replace (
 	github.com/switchboard-rt/switchboard/pkg => ../../pkg
 	github.com/switchboard-rt/switchboard/services/auth => ../auth
+	github.com/switchboard-rt/switchboard/services/echo => ../echo
 	github.com/switchboard-rt/switchboard/services/gateway => ../gateway
 	github.com/switchboard-rt/switchboard/services/presence => ../presence
 	github.com/switchboard-rt/switchboard/services/timer => ../timer

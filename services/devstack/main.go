@@ -1,9 +1,11 @@
 // Command devstack runs Switchboard on a laptop: an embedded NATS server with
 // JetStream plus the gateway, auth, presence and timer services in one
-// process. Its subcommands mint development tokens and publish
-// notifications:
+// process (with -profile=echo: the gateway without auth, presence and the
+// echo service, the Socket.IO protocol test target). Its subcommands mint
+// development tokens and publish notifications:
 //
 //	devstack [flags]                       run the stack (see -h)
+//	devstack -profile=echo [flags]         run the protocol test profile
 //	devstack token <uid> [-ttl 24h]        print a development JWT for uid
 //	devstack notify -user U -event E JSON  deliver an event (see notify -h)
 package main
@@ -17,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -35,8 +38,7 @@ func main() {
 			os.Exit(cmdNotify(args[1:], os.Getenv("SB_NATS_URL"), os.Stderr))
 		}
 	}
-	cfg := devstack.DefaultConfig()
-	log, rest, err := boot.Init("devstack", &cfg, &cfg.Log, args, os.Environ(), os.Stderr)
+	cfg, log, rest, err := loadConfig(args, os.Environ(), os.Stderr)
 	if err != nil {
 		if config.IsHelp(err) {
 			fmt.Fprintln(os.Stderr, "\nsubcommands: token <uid> [-ttl 24h], notify (see devstack notify -h)")
@@ -49,6 +51,10 @@ func main() {
 		fmt.Fprintf(os.Stderr, "devstack: unknown command %q (want token or notify)\n", rest[0])
 		os.Exit(2)
 	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "devstack:", err)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, log, cfg); err != nil {
@@ -56,6 +62,23 @@ func main() {
 		stop()
 		os.Exit(1)
 	}
+}
+
+// loadConfig loads the configuration in two passes: the first finds the
+// profile (flag -profile, SB_PROFILE or the YAML file), the second loads
+// every setting over that profile's defaults, so explicit settings win over
+// the profile's.
+func loadConfig(args, environ []string, out io.Writer) (devstack.Config, *slog.Logger, []string, error) {
+	probe := devstack.DefaultConfig()
+	cfg := devstack.DefaultConfig()
+	if _, err := config.Load(&probe, "devstack", args, environ, io.Discard); err == nil {
+		if pc, err := devstack.ProfileConfig(probe.Profile); err == nil {
+			cfg = pc
+		}
+		// An unknown profile fails in Validate, after the second pass.
+	}
+	log, rest, err := boot.Init("devstack", &cfg, &cfg.Log, args, environ, out)
+	return cfg, log, rest, err
 }
 
 // run starts the stack, prints how to use it and stops it gracefully when
@@ -74,7 +97,7 @@ func serve(ctx context.Context, log *slog.Logger, cfg devstack.Config, out io.Wr
 	if err != nil {
 		return err
 	}
-	if err := printBanner(out, st); err != nil {
+	if err := printBanner(out, st, cfg); err != nil {
 		log.Warn("print banner", "err", err)
 	}
 	<-ctx.Done()
@@ -90,7 +113,7 @@ func serve(ctx context.Context, log *slog.Logger, cfg devstack.Config, out io.Wr
 
 // printBanner tells the developer where everything is. The lines starting
 // with "nats:" and "socket.io:" are stable (scripts read them).
-func printBanner(w io.Writer, st *devstack.Stack) error {
+func printBanner(w io.Writer, st *devstack.Stack, cfg devstack.Config) error {
 	var err error
 	p := func(format string, a ...any) {
 		if err == nil {
@@ -106,6 +129,21 @@ func printBanner(w io.Writer, st *devstack.Stack) error {
 	}
 	url := "http://localhost:" + portOf(addr)
 	p("socket.io: %s", url)
+	natsFlag := ""
+	if st.NATSURL() != defaultNATSURL {
+		natsFlag = " -s " + st.NATSURL()
+	}
+	if st.Profile() == devstack.ProfileEcho {
+		g := cfg.Gateway
+		p("profile: echo (auth disabled, no connections events, ping %d/%d ms, connect timeout %d ms, namespaces %s)",
+			g.PingInterval.Milliseconds(), g.PingTimeout.Milliseconds(), g.ConnectTimeout.Milliseconds(), strings.Join(g.Namespaces, ", "))
+		p("")
+		p("socket.io-client: io(%q, {auth: {token: \"123\"}}).onAny((event, ...args) => console.log(event, ...args));", url)
+		p("echo service:     on connect it emits \"auth\" with the auth payload; \"message\" -> \"message-back\" with the same arguments; \"message-with-ack\" is acked with them")
+		p("notify a socket:  nats pub sb.out.conn.<socket id> '\"hello\"' -H Sb-Event:greeting%s", natsFlag)
+		p("              or: bin/devstack notify -nats %s -conn <socket id> -event greeting '\"hello\"'", st.NATSURL())
+		return err
+	}
 	p("")
 	p("get a token:      make token USER=alice    (or: bin/devstack token alice)")
 	tok, terr := devstack.MintToken("alice", 24*time.Hour)
@@ -113,10 +151,6 @@ func printBanner(w io.Writer, st *devstack.Stack) error {
 		return fmt.Errorf("mint token: %w", terr)
 	}
 	p("socket.io-client: io(%q, {transports: [\"websocket\"], auth: {token: %q}}).onAny((event, ...args) => console.log(event, ...args));", url, tok)
-	natsFlag := ""
-	if st.NATSURL() != defaultNATSURL {
-		natsFlag = " -s " + st.NATSURL()
-	}
 	p("notify alice:     nats pub sb.out.user.alice '\"hello\"' -H Sb-Event:greeting%s", natsFlag)
 	p("              or: bin/devstack notify -nats %s -user alice -event greeting '\"hello\"'", st.NATSURL())
 	return err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -266,6 +267,118 @@ func TestServePrintsBannerAndStopsOnCancel(t *testing.T) {
 	}
 	nc.Close()
 
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not stop after cancel")
+	}
+}
+
+func TestLoadConfigSelectsProfile(t *testing.T) {
+	yaml := t.TempDir() + "/devstack.yaml"
+	if err := os.WriteFile(yaml, []byte("profile: echo\ngateway:\n  ping_interval: 2s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name         string
+		args, env    []string
+		profile      string
+		pingInterval time.Duration
+		services     string
+	}{
+		{"default", nil, nil, "", 25 * time.Second, "gateway,auth,presence,timer"},
+		{"flag", []string{"-profile=echo"}, nil, "echo", 300 * time.Millisecond, "presence,echo,gateway"},
+		{"environment", nil, []string{"SB_PROFILE=echo"}, "echo", 300 * time.Millisecond, "presence,echo,gateway"},
+		{"yaml, its settings win over the profile's", []string{"-config", yaml}, nil, "echo", 2 * time.Second, "presence,echo,gateway"},
+		{"settings win over the profile's", []string{"-profile", "echo", "-gateway.ping_interval=1s"}, []string{"SB_SERVICES=echo,gateway"}, "echo", time.Second, "echo,gateway"},
+		{"flag wins over environment", []string{"-profile="}, []string{"SB_PROFILE=echo"}, "", 25 * time.Second, "gateway,auth,presence,timer"},
+		{"default profile keeps its services setting", []string{"-services=auth"}, nil, "", 25 * time.Second, "auth"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			cfg, log, rest, err := loadConfig(tt.args, tt.env, &out)
+			if err != nil || log == nil || len(rest) != 0 {
+				t.Fatalf("loadConfig: %v (rest %q)", err, rest)
+			}
+			if cfg.Profile != tt.profile || cfg.Gateway.PingInterval != tt.pingInterval || strings.Join(cfg.Services, ",") != tt.services {
+				t.Errorf("profile %q, ping_interval %v, services %v; want %q, %v, %s",
+					cfg.Profile, cfg.Gateway.PingInterval, cfg.Services, tt.profile, tt.pingInterval, tt.services)
+			}
+			if err := cfg.Validate(); err != nil {
+				t.Errorf("validate: %v", err)
+			}
+			if tt.profile == devstack.ProfileEcho {
+				if cfg.Gateway.PingTimeout != 200*time.Millisecond || cfg.Gateway.ConnectTimeout != time.Second ||
+					strings.Join(cfg.Gateway.Namespaces, " ") != "/ /custom" || cfg.Presence.ConnectionsEvents {
+					t.Errorf("echo profile settings missing: %+v", cfg)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadConfigUnknownProfileFailsValidation(t *testing.T) {
+	var out bytes.Buffer
+	cfg, _, _, err := loadConfig([]string{"-profile=nope"}, nil, &out)
+	if err != nil {
+		t.Fatalf("loadConfig: %v", err)
+	}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), `"nope"`) {
+		t.Fatalf("Validate() = %v, want an unknown profile error", err)
+	}
+	if _, _, _, err := loadConfig([]string{"-bogus=1"}, nil, &out); err == nil {
+		t.Fatal("unknown flag accepted")
+	}
+}
+
+func TestServePrintsEchoProfileBanner(t *testing.T) {
+	cfg, err := devstack.ProfileConfig(devstack.ProfileEcho)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.NATSServer.Listen = "127.0.0.1:0"
+	cfg.NATSServer.StoreDir = t.TempDir() + "/nats"
+	cfg.Gateway.Listen = "127.0.0.1:0"
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, log, cfg, &out) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), "devstack notify") {
+		select {
+		case err := <-done:
+			t.Fatalf("serve returned early: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no banner; output so far %q", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	banner := out.String()
+	for _, want := range []string{
+		"\nnats: nats://127.0.0.1:",
+		"\nsocket.io: http://localhost:",
+		"profile: echo (auth disabled, no connections events, ping 300/200 ms, connect timeout 1000 ms, namespaces /, /custom)",
+		`auth: {token: "123"}`,
+		"-conn <socket id>",
+	} {
+		if !strings.Contains(banner, want) {
+			t.Errorf("banner lacks %q:\n%s", want, banner)
+		}
+	}
+	for _, unwanted := range []string{"make token", `token: "ey`} {
+		if strings.Contains(banner, unwanted) {
+			t.Errorf("echo banner mentions %q (no auth in this profile):\n%s", unwanted, banner)
+		}
+	}
 	cancel()
 	select {
 	case err := <-done:

@@ -1,6 +1,11 @@
 // Package devstack runs a whole Switchboard in one process for development:
 // an embedded nats-server with JetStream and, on in-process connections to
 // it, the services named in the configuration.
+//
+// A profile selects a set of defaults (ProfileConfig) and the Go options of
+// the gateway: the default profile ("") is the authenticated stack of
+// `make run`; ProfileEcho is the Socket.IO protocol test target (auth
+// disabled, the CONNECT auth payload forwarded to the echo service).
 package devstack
 
 import (
@@ -19,6 +24,7 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/boot"
 	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/services/auth/authsvc"
+	"github.com/switchboard-rt/switchboard/services/echo/echosvc"
 	"github.com/switchboard-rt/switchboard/services/gateway/gateway"
 	"github.com/switchboard-rt/switchboard/services/presence/presencesvc"
 	"github.com/switchboard-rt/switchboard/services/timer/timersvc"
@@ -30,10 +36,25 @@ const (
 	ServiceAuth     = "auth"
 	ServicePresence = "presence"
 	ServiceTimer    = "timer"
+	ServiceEcho     = "echo"
 )
 
 // AllServices lists every service, in start order.
-var AllServices = []string{ServiceAuth, ServicePresence, ServiceTimer, ServiceGateway}
+var AllServices = []string{ServiceAuth, ServicePresence, ServiceTimer, ServiceEcho, ServiceGateway}
+
+// Profiles accepted in Config.Profile.
+const (
+	// ProfileDefault is the authenticated stack: JWTs signed with
+	// authsvc.DevSecret, no auth payload on NATS.
+	ProfileDefault = ""
+	// ProfileEcho is the Socket.IO protocol test target: the gateway admits
+	// every CONNECT without auth and forwards the CONNECT auth payload in
+	// sb.in.connect to the echo service.
+	ProfileEcho = "echo"
+)
+
+// Profiles lists every profile.
+var Profiles = []string{ProfileDefault, ProfileEcho}
 
 // NATSServerConfig configures the embedded nats-server.
 type NATSServerConfig struct {
@@ -45,9 +66,13 @@ type NATSServerConfig struct {
 }
 
 // Config is the configuration of the development stack. Authentication is
-// not configurable: the stack always verifies JWTs signed with
-// authsvc.DevSecret, so that `devstack token` mints usable tokens.
+// not configurable: the default profile always verifies JWTs signed with
+// authsvc.DevSecret, so that `devstack token` mints usable tokens, and
+// ProfileEcho admits every CONNECT without auth.
 type Config struct {
+	// Profile selects the gateway's Go options (see the Profile constants);
+	// ProfileConfig gives its default settings.
+	Profile    string           `koanf:"profile"`
 	NATSServer NATSServerConfig `koanf:"nats_server"`
 	// Services to run in-process; empty runs NATS only.
 	Services []string           `koanf:"services"`
@@ -71,6 +96,37 @@ func DefaultConfig() Config {
 	}
 }
 
+// ProfileConfig is the default configuration of a profile: DefaultConfig
+// for ProfileDefault; for ProfileEcho the gateway, presence and echo
+// services, with ping 300/200 ms, connect timeout 1000 ms, the namespaces
+// "/" and "/custom", any origin, and no `connections` events.
+func ProfileConfig(profile string) (Config, error) {
+	c := DefaultConfig()
+	switch profile {
+	case ProfileDefault:
+		return c, nil
+	case ProfileEcho:
+		c.Profile = ProfileEcho
+		c.Services = []string{ServicePresence, ServiceEcho, ServiceGateway}
+		c.Gateway.PingInterval = 300 * time.Millisecond
+		c.Gateway.PingTimeout = 200 * time.Millisecond
+		c.Gateway.ConnectTimeout = 1000 * time.Millisecond
+		c.Gateway.Namespaces = slices.Clone(echosvc.Namespaces)
+		c.Gateway.AllowedOrigins = []string{"*"}
+		c.Presence.ConnectionsEvents = false
+		return c, nil
+	}
+	return Config{}, fmt.Errorf("profile: unknown profile %q (want one of %q)", profile, Profiles)
+}
+
+// gatewayOptions are the gateway's Go options in a profile.
+func gatewayOptions(profile string) []gateway.Option {
+	if profile == ProfileEcho {
+		return []gateway.Option{gateway.WithoutAuth(), gateway.ForwardAuth()}
+	}
+	return nil
+}
+
 // AuthConfig is the fixed authentication of the stack: JWT with DevSecret.
 func AuthConfig() authsvc.Config {
 	c := authsvc.DefaultConfig()
@@ -87,6 +143,9 @@ func MintToken(uid string, ttl time.Duration) (string, error) {
 
 // Validate checks the parts of c the stack itself interprets.
 func (c Config) Validate() error {
+	if !slices.Contains(Profiles, c.Profile) {
+		return fmt.Errorf("profile: unknown profile %q (want one of %q)", c.Profile, Profiles)
+	}
 	if c.NATSServer.StoreDir == "" {
 		return errors.New("nats_server.store_dir is empty")
 	}
@@ -128,6 +187,7 @@ func splitListen(listen string) (string, int, error) {
 
 // Stack is a running development stack.
 type Stack struct {
+	profile  string
 	log      *slog.Logger
 	ns       *server.Server
 	gw       *gateway.Gateway
@@ -140,9 +200,9 @@ type stopper struct {
 	stop func() error
 }
 
-// Start starts the NATS server, then auth, presence and timer, then the
-// gateway (each one that cfg.Services names). On error everything started is
-// stopped again.
+// Start starts the NATS server, then auth, presence, timer and echo, then
+// the gateway (each one that cfg.Services names), the gateway with the Go
+// options of cfg.Profile. On error everything started is stopped again.
 func Start(ctx context.Context, log *slog.Logger, cfg Config) (st *Stack, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -166,7 +226,7 @@ func Start(ctx context.Context, log *slog.Logger, cfg Config) (st *Stack, err er
 		ns.Shutdown()
 		return nil, fmt.Errorf("nats server: %w", err)
 	}
-	st = &Stack{log: log, ns: ns}
+	st = &Stack{profile: cfg.Profile, log: log, ns: ns}
 	defer func() {
 		if err != nil {
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -211,12 +271,23 @@ func Start(ctx context.Context, log *slog.Logger, cfg Config) (st *Stack, err er
 		}
 		st.services = append(st.services, stopper{ServiceTimer, svc.Stop})
 	}
+	if cfg.runs(ServiceEcho) {
+		nc, err := st.connect(ServiceEcho)
+		if err != nil {
+			return st, err
+		}
+		svc, err := echosvc.Start(log.With("component", ServiceEcho), nc)
+		if err != nil {
+			return st, fmt.Errorf("start echo: %w", err)
+		}
+		st.services = append(st.services, stopper{ServiceEcho, svc.Stop})
+	}
 	if cfg.runs(ServiceGateway) {
 		nc, err := st.connect(ServiceGateway)
 		if err != nil {
 			return st, err
 		}
-		gw, err := gateway.Start(ctx, log.With("component", ServiceGateway), nc, cfg.Gateway)
+		gw, err := gateway.Start(ctx, log.With("component", ServiceGateway), nc, cfg.Gateway, gatewayOptions(cfg.Profile)...)
 		if err != nil {
 			return st, fmt.Errorf("start gateway: %w", err)
 		}
@@ -234,6 +305,9 @@ func (st *Stack) connect(name string) (*nats.Conn, error) {
 	st.conns = append(st.conns, nc)
 	return nc, nil
 }
+
+// Profile is the profile the stack runs.
+func (st *Stack) Profile() string { return st.profile }
 
 // NATSURL is the client URL of the embedded NATS server.
 func (st *Stack) NATSURL() string { return st.ns.ClientURL() }

@@ -224,8 +224,10 @@ func (e *engine) sendSIO(p socketio.Packet) {
 }
 
 func (e *engine) ping() {
-	e.sendPacket(engineio.Packet{Type: engineio.Ping})
+	// Arm the pong deadline first: the answer may be handled before the
+	// send returns.
 	e.g.sched.Set(timerKey{e: e, kind: timerPong}, time.Now().Add(e.g.cfg.PingTimeout))
+	e.sendPacket(engineio.Packet{Type: engineio.Ping})
 }
 
 func (e *engine) hasConnected() bool {

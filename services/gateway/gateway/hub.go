@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -27,7 +29,7 @@ type hub struct {
 	sockets map[string]*socket // by socket id
 	users   map[string]*userEntry
 
-	releases sync.WaitGroup
+	releasing atomic.Int64 // releases in flight
 }
 
 type userEntry struct {
@@ -153,20 +155,25 @@ func (h *hub) removeSocket(s *socket, release bool) {
 		s.publishLifecycle(api.EventDisconnect, json.RawMessage("[]"))
 	}
 	if release {
-		h.releases.Add(1)
+		h.releasing.Add(1)
 		go func() {
-			defer h.releases.Done()
+			defer h.releasing.Add(-1)
 			h.g.release(api.ReleaseRequest{SocketID: s.id, UserID: s.conn.UserID})
 		}()
 	}
 }
 
+// waitReleases waits until no release is in flight (sockets may still be
+// closing while it waits, so this is a count, not a WaitGroup).
 func (h *hub) waitReleases(ctx context.Context) {
-	done := make(chan struct{})
-	go func() { h.releases.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for h.releasing.Load() > 0 {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
