@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-rt/switchboard/pkg/client"
+	"github.com/switchboard-rt/switchboard/services/auth/authsvc"
 	"github.com/switchboard-rt/switchboard/services/devstack/devstack"
 )
 
@@ -33,14 +34,16 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// cmdToken implements `devstack token <uid> [-ttl 24h]`: it prints a token
-// that the development stack accepts for uid.
+// cmdToken implements `devstack token <uid> [-ttl 24h] [-secret S]`: it
+// prints a token that the development stack accepts for uid, or, with
+// -secret, one for an auth service configured with that JWT secret.
 func cmdToken(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("devstack token", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	ttl := fs.Duration("ttl", 24*time.Hour, "lifetime of the token")
+	secret := fs.String("secret", "", "HS256 secret of the auth service (default: the development stack's)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: devstack token <uid> [-ttl 24h]")
+		fmt.Fprintln(stderr, "usage: devstack token <uid> [-ttl 24h] [-secret S]")
 		fs.PrintDefaults()
 	}
 	pos, err := parseInterspersed(fs, args)
@@ -58,7 +61,12 @@ func cmdToken(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "devstack token: -ttl must be positive")
 		return 2
 	}
-	tok, err := devstack.MintToken(pos[0], *ttl)
+	var tok string
+	if *secret != "" {
+		tok, err = authsvc.MintToken(*secret, "", "", pos[0], *ttl)
+	} else {
+		tok, err = devstack.MintToken(pos[0], *ttl)
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "devstack token:", err)
 		return 1

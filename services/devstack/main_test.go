@@ -389,3 +389,18 @@ func TestServePrintsEchoProfileBanner(t *testing.T) {
 		t.Fatal("serve did not stop after cancel")
 	}
 }
+
+func TestTokenCommandWithSecret(t *testing.T) {
+	const secret = "a-compose-secret-of-at-least-32-bytes!!"
+	var out, errOut bytes.Buffer
+	if code := cmdToken([]string{"bob", "-secret", secret}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, errOut.String())
+	}
+	claims := jwt.RegisteredClaims{}
+	_, err := jwt.ParseWithClaims(strings.TrimSpace(out.String()), &claims, func(*jwt.Token) (any, error) {
+		return []byte(secret), nil
+	}, jwt.WithValidMethods([]string{"HS256"}))
+	if err != nil || claims.Subject != "bob" {
+		t.Fatalf("token: %v %q", err, claims.Subject)
+	}
+}
