@@ -1,10 +1,10 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -258,7 +258,7 @@ func (g *Gateway) deliver(m *nats.Msg, to []*socket) {
 // value, anything else → the text as a JSON string.
 func deliveryArgs(data []byte) []json.RawMessage {
 	switch {
-	case len(strings.TrimSpace(string(data))) == 0:
+	case len(bytes.TrimSpace(data)) == 0:
 		return nil
 	case json.Valid(data):
 		return []json.RawMessage{data}

@@ -339,28 +339,17 @@ func (s *socket) request(m *nats.Msg, ackID uint64) {
 	}
 }
 
-// ackArgs turns a service's reply into ACK arguments (see docs).
+// ackArgs turns a service's reply into ACK arguments: a JSON array is the
+// argument list, a micro error becomes {"status":"error",…}, anything else
+// is read as a delivery body (one argument).
 func ackArgs(reply *nats.Msg) json.RawMessage {
 	if e := natsx.ErrorFromMsg(reply); e != nil {
 		return errorArgs(e.Message)
 	}
-	return argsOf(reply.Data, true)
-}
-
-// argsOf reads a NATS body as Socket.IO arguments. With list set, a JSON
-// array is the argument list; otherwise the body is a single argument.
-// Empty bodies give no arguments; bodies that are not JSON travel as a string.
-func argsOf(data []byte, list bool) json.RawMessage {
-	if len(data) == 0 {
-		return json.RawMessage("[]")
+	if firstNonSpace(reply.Data) == '[' && json.Valid(reply.Data) {
+		return reply.Data
 	}
-	if !json.Valid(data) {
-		return socketio.ArrayPayload(mustJSON(string(data)))
-	}
-	if list && firstNonSpace(data) == '[' {
-		return data
-	}
-	return socketio.ArrayPayload(data)
+	return socketio.ArrayPayload(deliveryArgs(reply.Data)...)
 }
 
 func firstNonSpace(b []byte) byte {
