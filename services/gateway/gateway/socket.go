@@ -57,15 +57,17 @@ func (s *socket) isConnected() bool {
 	return s.state == stateConnected
 }
 
-// markClosed moves the socket to closed and reports whether it held (or was
-// acquiring) a slot that must be released. Callers hold e.mu or own s.
+// markClosed moves the socket to closed and reports whether it held a slot
+// (was connected). Callers hold e.mu or own s.
 func (s *socket) markClosed() bool {
 	was := s.state
 	s.state = stateClosed
 	return was == stateConnected
 }
 
-// connect runs the handshake of CONTRACT §2.1 for one CONNECT packet.
+// connect runs the handshake of CONTRACT §2.1 for one CONNECT packet:
+// identify, subscribe, admit, then `40`. A refusal is a CONNECT_ERROR and
+// leaves the engine open for another CONNECT.
 func (e *engine) connect(p socketio.Packet) {
 	g := e.g
 	ns := p.Namespace
@@ -89,7 +91,11 @@ func (e *engine) connect(p socketio.Packet) {
 	e.sockets[ns] = s
 	e.mu.Unlock()
 
-	fail := func(msg string) {
+	id, msg := e.identify(s, auth)
+	if msg == "" {
+		msg = e.admit(s, id.UserID)
+	}
+	if msg != "" {
 		e.mu.Lock()
 		if e.sockets[ns] == s {
 			delete(e.sockets, ns)
@@ -97,75 +103,6 @@ func (e *engine) connect(p socketio.Packet) {
 		s.state = stateClosed
 		e.mu.Unlock()
 		e.connectError(ns, msg)
-	}
-
-	devID, ok := deviceID(e.query["deviceId"], auth["deviceId"], s.id)
-	if !ok {
-		fail(msgInvalidDevice)
-		return
-	}
-	uid := s.id
-	var expires time.Time
-	if !g.opts.noAuth {
-		token, msg := credentials{
-			authToken:  auth["token"],
-			header:     e.header.Get("Authorization"),
-			query:      first(e.query["token"]),
-			allowQuery: g.cfg.AllowQueryToken,
-		}.token()
-		if msg != "" {
-			fail(msg)
-			return
-		}
-		ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RequestTimeout)
-		id, err := natsx.Request[api.VerifyReply](ctx, g.nc, subject.AuthVerify, api.VerifyRequest{Token: token})
-		cancel()
-		if err != nil {
-			if code := natsx.CodeOf(err); code == api.CodeUnauthorized || code == api.CodeBadRequest {
-				fail(msgUnauthorized)
-			} else {
-				e.log().Warn("verify token", "err", err)
-				fail(msgUnavailable)
-			}
-			return
-		}
-		uid = id.UserID
-		expires = id.Expires
-	}
-	s.conn = api.Conn{
-		SocketID:  s.id,
-		UserID:    uid,
-		DeviceID:  devID,
-		IP:        e.ip,
-		UserAgent: e.userAgent,
-		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
-		Gateway:   g.id,
-	}
-	// Subscribe before admitting: presence's `connections` update for this
-	// socket is published after the admit and must not be missed.
-	if err := g.hub.addSocket(s); err != nil {
-		e.log().Warn("subscribe socket", "err", err)
-		fail(msgUnavailable)
-		return
-	}
-	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RequestTimeout)
-	_, err := natsx.Request[api.AdmitReply](ctx, g.nc, subject.PresenceAdmit, api.AdmitRequest{Conn: s.conn})
-	cancel()
-	if err != nil {
-		// A timed-out admit may still have taken the slot: release anyway,
-		// and once more later in case the admit is still on its way.
-		release := natsx.CodeOf(err) != api.CodeTooMany
-		g.hub.removeSocket(s, release)
-		if release {
-			req := api.ReleaseRequest{SocketID: s.id, UserID: uid}
-			time.AfterFunc(g.cfg.RequestTimeout, func() { g.release(req) })
-		}
-		if natsx.CodeOf(err) == api.CodeTooMany {
-			fail(msgTooMany)
-		} else {
-			e.log().Warn("admit connection", "err", err)
-			fail(msgUnavailable)
-		}
 		return
 	}
 
@@ -179,14 +116,12 @@ func (e *engine) connect(p socketio.Packet) {
 	e.connected = true
 	sid, _ := json.Marshal(map[string]string{"sid": s.id})
 	e.tr.send(engineio.Packet{Type: engineio.Message, Data: socketio.Packet{Type: socketio.Connect, Namespace: ns, Data: sid}.Encode()})
-	for _, p := range s.pending {
-		e.tr.send(p)
-	}
+	e.tr.send(s.pending...)
 	s.pending = nil
 	e.mu.Unlock()
 	g.sched.Cancel(timerKey{e: e, kind: timerConnect})
-	if g.cfg.ExpireSockets && !expires.IsZero() {
-		g.sched.Set(timerKey{s: s, kind: timerExpiry}, expires)
+	if g.cfg.ExpireSockets && !id.Expires.IsZero() {
+		g.sched.Set(timerKey{s: s, kind: timerExpiry}, id.Expires)
 	}
 	connectArgs := json.RawMessage("[]")
 	if g.opts.forwardAuth && len(p.Data) > 0 {
@@ -194,7 +129,80 @@ func (e *engine) connect(p socketio.Packet) {
 	}
 	s.announced.Store(true)
 	s.publishLifecycle(api.EventConnect, connectArgs)
-	e.log().Debug("socket connected", "socket", s.id, "user", uid, "device", devID, "namespace", ns)
+	e.log().Debug("socket connected", "socket", s.id, "user", id.UserID, "device", s.conn.DeviceID, "namespace", ns)
+}
+
+// identify settles who is connecting: the device id, and the user from the
+// auth service (the socket id without auth). It fills s.conn, or returns
+// the CONNECT_ERROR message.
+func (e *engine) identify(s *socket, auth map[string]json.RawMessage) (api.VerifyReply, string) {
+	g := e.g
+	devID, ok := deviceID(e.query["deviceId"], auth["deviceId"], s.id)
+	if !ok {
+		return api.VerifyReply{}, msgInvalidDevice
+	}
+	id := api.VerifyReply{UserID: s.id}
+	if !g.opts.noAuth {
+		token, msg := credentials{
+			authToken:  auth["token"],
+			header:     e.header.Get("Authorization"),
+			query:      first(e.query["token"]),
+			allowQuery: g.cfg.AllowQueryToken,
+		}.token()
+		if msg != "" {
+			return id, msg
+		}
+		ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RequestTimeout)
+		var err error
+		id, err = natsx.Request[api.VerifyReply](ctx, g.nc, subject.AuthVerify, api.VerifyRequest{Token: token})
+		cancel()
+		if err != nil {
+			if code := natsx.CodeOf(err); code == api.CodeUnauthorized || code == api.CodeBadRequest {
+				return id, msgUnauthorized
+			}
+			e.log().Warn("verify token", "err", err)
+			return id, msgUnavailable
+		}
+	}
+	s.conn = api.Conn{
+		SocketID:  s.id,
+		UserID:    id.UserID,
+		DeviceID:  devID,
+		IP:        e.ip,
+		UserAgent: e.userAgent,
+		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
+		Gateway:   g.id,
+	}
+	return id, ""
+}
+
+// admit subscribes the socket's delivery subjects, then takes its slot in
+// presence, or returns the CONNECT_ERROR message. Subscribing comes first:
+// presence's `connections` update for this socket is published after the
+// admit and must not be missed.
+func (e *engine) admit(s *socket, uid string) string {
+	g := e.g
+	if err := g.hub.addSocket(s); err != nil {
+		e.log().Warn("subscribe socket", "err", err)
+		return msgUnavailable
+	}
+	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RequestTimeout)
+	_, err := natsx.Request[api.AdmitReply](ctx, g.nc, subject.PresenceAdmit, api.AdmitRequest{Conn: s.conn})
+	cancel()
+	if err == nil {
+		return ""
+	}
+	if natsx.CodeOf(err) == api.CodeTooMany {
+		g.hub.removeSocket(s, false)
+		return msgTooMany
+	}
+	// A timed-out admit may still have taken the slot: release anyway, and
+	// once more later in case the admit is still on its way.
+	g.hub.removeSocket(s, true)
+	req := api.ReleaseRequest{SocketID: s.id, UserID: uid}
+	time.AfterFunc(g.cfg.RequestTimeout, func() { g.release(req) })
+	e.log().Warn("admit connection", "err", err)
+	return msgUnavailable
 }
 
 func first(v []string) string {
