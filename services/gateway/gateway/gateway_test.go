@@ -409,6 +409,16 @@ func TestDeliveriesReachTheRightSockets(t *testing.T) {
 	}
 	a2.expect(`42["greeting"`)
 
+	// Header names in any case (nats pub -H sb-event:…).
+	m = nats.NewMsg(subj)
+	m.Header["sb-event"] = []string{"lower"}
+	m.Data = []byte(`1`)
+	must(t, st.nc.PublishMsg(m))
+	if got := a1.expect(`42["lower"`); got != `42["lower",1]` {
+		t.Errorf("lower-case header delivery %q", got)
+	}
+	a2.expect(`42["lower"`)
+
 	// Without Sb-Event, or with a reserved name, nothing is delivered and a
 	// requester gets an error.
 	for _, ev := range []string{"", "disconnect"} {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -217,14 +218,14 @@ func (h *hub) deliverAll(m *nats.Msg) {
 // deliver sends one sb.out message to its local recipients. The packet is
 // encoded once per namespace, not per recipient.
 func (g *Gateway) deliver(m *nats.Msg, to []*socket) {
-	name := m.Header.Get(api.HeaderEvent)
+	name := header(m, api.HeaderEvent)
 	if name == "" || socketio.Reserved(name) {
 		g.log.Warn("delivery without a valid Sb-Event header dropped", "subject", m.Subject, "event", name)
 		g.respondError(m.Reply, api.CodeBadRequest, "missing or reserved "+api.HeaderEvent+" header")
 		return
 	}
 	args := deliveryArgs(m.Data)
-	if m.Header.Get(api.HeaderArgs) == api.ArgsArray {
+	if header(m, api.HeaderArgs) == api.ArgsArray {
 		var list []json.RawMessage
 		if json.Unmarshal(m.Data, &list) != nil {
 			g.log.Warn("delivery with Sb-Args: array whose body is not an array dropped", "subject", m.Subject)
@@ -252,6 +253,20 @@ func (g *Gateway) deliver(m *nats.Msg, to []*socket) {
 		}
 		s.deliver(ps...)
 	}
+}
+
+// header reads a delivery header, whatever the case of its name
+// (`nats pub -H sb-event:…` works too).
+func header(m *nats.Msg, key string) string {
+	if v := m.Header.Get(key); v != "" {
+		return v
+	}
+	for k, v := range m.Header {
+		if strings.EqualFold(k, key) && len(v) > 0 {
+			return v[0]
+		}
+	}
+	return ""
 }
 
 // deliveryArgs reads a delivery body: empty → no argument, JSON → that
