@@ -146,11 +146,7 @@ func printBanner(w io.Writer, st *devstack.Stack, cfg devstack.Config) error {
 	}
 	p("")
 	p("get a token:      make token USER=alice    (or: bin/devstack token alice)")
-	tok, terr := devstack.MintToken("alice", 24*time.Hour)
-	if terr != nil {
-		return fmt.Errorf("mint token: %w", terr)
-	}
-	p("socket.io-client: io(%q, {transports: [\"websocket\"], auth: {token: %q}}).onAny((event, ...args) => console.log(event, ...args));", url, tok)
+	p("socket.io-client: io(%q, {transports: [\"websocket\"], auth: {token: \"<token>\"}}).onAny((event, ...args) => console.log(event, ...args));", url)
 	p("notify alice:     nats pub sb.out.user.alice '\"hello\"' -H Sb-Event:greeting%s", natsFlag)
 	p("              or: bin/devstack notify -nats %s -user alice -event greeting '\"hello\"'", st.NATSURL())
 	return err
