@@ -141,6 +141,7 @@ type engine struct {
 	sockets        map[string]*socket // by namespace
 	connected      bool               // a CONNECT succeeded once
 	closed         bool
+	refusals       int // CONNECTs refused on this engine
 
 	// A BINARY_EVENT or BINARY_ACK waiting for its attachments. Only the
 	// transport's reader touches it.
@@ -331,9 +332,22 @@ func (e *engine) socket(ns string) *socket {
 }
 
 // connectError answers a CONNECT with a CONNECT_ERROR; the engine stays open.
+// maxRefusals bounds the CONNECTs refused on one engine connection: a
+// client may retry with a fresh token, but not use one connection to try
+// tokens (each costs the auth service a verification) without end.
+const maxRefusals = 10
+
 func (e *engine) connectError(ns, msg string) {
 	data, _ := json.Marshal(map[string]string{"message": msg})
 	e.sendSIO(socketio.Packet{Type: socketio.ConnectError, Namespace: ns, Data: data})
+	e.mu.Lock()
+	e.refusals++
+	tooMany := e.refusals >= maxRefusals
+	e.mu.Unlock()
+	if tooMany {
+		e.log().Debug("closing after repeated refused CONNECTs")
+		e.close(closeMalformed)
+	}
 }
 
 // kick ends one socket on purpose: DISCONNECT first, then, when it was the

@@ -694,3 +694,18 @@ func TestOversizedFullMessageGets1009(t *testing.T) {
 		_ = c.Close()
 	}
 }
+
+func TestRepeatedRefusalsCloseTheEngine(t *testing.T) {
+	st := newStack(t)
+	w := st.dial("", nil)
+	for i := 0; i < 9; i++ {
+		if got := w.connect(`{"token":"bad"}`); got != `44{"message":"Unauthorized"}` {
+			t.Fatalf("try %d: %q", i, got)
+		}
+	}
+	// The tenth refusal is still answered, then the connection ends.
+	if got := w.connect(`{"token":"bad"}`); got != `44{"message":"Unauthorized"}` {
+		t.Fatalf("last try: %q", got)
+	}
+	w.expectClosed(2 * time.Second)
+}

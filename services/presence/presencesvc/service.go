@@ -149,6 +149,12 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 		close(s.done)
 		return nil, errors.Join(err, s.Stop())
 	}
+	// Once Start returns, requests from other connections find the
+	// endpoints: the server has processed the subscriptions.
+	if err := nc.FlushTimeout(opTimeout); err != nil {
+		close(s.done)
+		return nil, errors.Join(fmt.Errorf("flush subscriptions: %w", err), s.Stop())
+	}
 	go s.sweepLoop()
 	return s, nil
 }

@@ -138,6 +138,12 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 		s.shutdown()
 		return nil, err
 	}
+	// Once Start returns, events from other connections reach the
+	// subscriptions: the server has processed them.
+	if err := nc.FlushTimeout(opTimeout); err != nil {
+		s.shutdown()
+		return nil, fmt.Errorf("flush subscriptions: %w", err)
+	}
 	s.leaseWG.Add(1)
 	go func() { defer s.leaseWG.Done(); s.leaseLoop() }()
 	log.Info("timer service started", "bucket", cfg.Bucket, "lease_ttl", cfg.LeaseTTL)
