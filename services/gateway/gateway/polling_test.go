@@ -188,7 +188,7 @@ func TestPollingFlow(t *testing.T) {
 		must(t, cl.NotifyConn(sid, "n", i))
 	}
 	must(t, st.nc.Flush())
-	time.Sleep(100 * time.Millisecond)
+	eventually(t, 3*time.Second, func() bool { return st.queued(p.sid) >= 3 }, "three packets queued")
 	if got := strings.Join(p.getSkipping(), "|"); got != `42["n",0]|42["n",1]|42["n",2]` {
 		t.Fatalf("queued payload %q", got)
 	}
@@ -489,4 +489,25 @@ func TestStopAnswersHeldPolls(t *testing.T) {
 		t.Fatalf("held poll got %q, want a close packet without 41", got)
 	}
 	eventually(t, 3*time.Second, func() bool { return len(st.presenceList("abe")) == 0 }, "slot released")
+}
+
+// queued is the number of packets waiting for a poll on a session.
+func (st *stack) queued(sid string) int {
+	e := st.gw.hub.engine(sid)
+	if e == nil {
+		return 0
+	}
+	t, ok := e.pollTr()
+	if !ok {
+		return 0
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, p := range t.queue {
+		if !strings.Contains(string(p.Data), `["connections"`) {
+			n++
+		}
+	}
+	return n
 }
