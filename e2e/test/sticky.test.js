@@ -7,6 +7,7 @@
 const { describe, test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const http = require('node:http');
+const net = require('node:net');
 const { startStack, sleep, uid, Recorder } = require('../harness');
 
 // startProxy forwards each request to the upstream ports in turn (GETs and
@@ -16,6 +17,7 @@ function startProxy(ports) {
   const agent = new http.Agent({ keepAlive: false });
   const next = {};
   const served = []; // [{method, upstream}]
+  const upgraded = new Set();
   const server = http.createServer((req, res) => {
     const n = next[req.method] || 0;
     next[req.method] = n + 1;
@@ -40,6 +42,27 @@ function startProxy(ports) {
     });
     req.pipe(up);
   });
+  // WebSocket upgrades alternate too, starting with the second upstream:
+  // the first handshake GET went to the first, so an upgrade of that
+  // session lands on the gateway that does not hold it.
+  server.on('upgrade', (req, socket, head) => {
+    upgraded.add(socket);
+    socket.on('close', () => upgraded.delete(socket));
+    const n = next.UPGRADE === undefined ? 1 : next.UPGRADE;
+    next.UPGRADE = n + 1;
+    const upstream = n % ports.length;
+    served.push({ method: 'UPGRADE', upstream });
+    const up = net.connect(ports[upstream], '127.0.0.1', () => {
+      let raw = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) raw += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      up.write(raw + '\r\n');
+      if (head && head.length) up.write(head);
+      socket.pipe(up);
+      up.pipe(socket);
+    });
+    up.on('error', () => socket.destroy());
+    socket.on('error', () => up.destroy());
+  });
   return new Promise((resolve) => {
     server.listen(0, '127.0.0.1', () => {
       resolve({
@@ -48,6 +71,7 @@ function startProxy(ports) {
         close: () =>
           new Promise((r) => {
             server.closeAllConnections();
+            for (const c of upgraded) c.destroy();
             server.close(() => r());
           }),
       });
@@ -123,5 +147,51 @@ describe('two gateways, one NATS, no sticky sessions', { timeout: 120000 }, () =
       assert.ok(count(u, 'POST') >= 3, `gateway ${u + 1} served ${count(u, 'POST')} POSTs`);
     }
     socket.disconnect();
+  });
+  test('the default client (polling, then upgrade) upgrades through the gateway that does not hold its session', async () => {
+    const relayProxy = await startProxy([st.gatewayPorts.gateway, st.gatewayPorts.gateway2]);
+    try {
+      const socket = st.rawIO({ token: st.token(uid('relay')) }, { transports: ['polling', 'websocket'] }, relayProxy.url);
+      const r = new Recorder(socket);
+      await r.wait('$connect');
+      const engineId = socket.io.engine.id;
+      await new Promise((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error('no upgrade')), 5000);
+        if (socket.io.engine.transport.name === 'websocket') return resolve();
+        socket.io.engine.once('upgrade', () => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+      assert.equal(socket.io.engine.transport.name, 'websocket');
+      assert.equal(socket.io.engine.id, engineId, 'same engine session after the upgrade');
+      const handshake = relayProxy.served.find((x) => x.method === 'GET');
+      const upgrade = relayProxy.served.find((x) => x.method === 'UPGRADE');
+      assert.ok(upgrade, 'no upgrade went through the proxy');
+      assert.notEqual(upgrade.upstream, handshake.upstream, 'the upgrade reached the gateway holding the session');
+
+      // Events, acks, binary and notifications over the relayed WebSocket,
+      // across a few ping cycles.
+      const started = Date.now();
+      let round = 0;
+      while (Date.now() - started < 3000) {
+        round++;
+        const ack = await new Promise((resolve, reject) => {
+          socket.timeout(5000).emit('message-with-ack', round, Buffer.from([round]), (err, ...args) => (err ? reject(err) : resolve(args)));
+        });
+        assert.equal(ack[0], round);
+        const b = ack[1];
+        assert.deepEqual([...new Uint8Array(b instanceof ArrayBuffer ? b : b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength))], [round]);
+        const mark = r.mark();
+        await st.notify(['-conn', socket.id, '-event', 'greeting', JSON.stringify({ round })]);
+        await r.wait('greeting', (p) => p && p.round === round, 5000, mark);
+        await sleep(300);
+      }
+      assert.equal(r.of('$disconnect').length, 0, 'no disconnect');
+      assert.equal(socket.io.engine.transport.name, 'websocket');
+      socket.disconnect();
+    } finally {
+      await relayProxy.close();
+    }
   });
 });

@@ -269,3 +269,19 @@ func IDFromKeyToken(t string) (string, error) {
 	}
 	return Decode(t)
 }
+
+// RelayIn carries the frames of a WebSocket that reached another gateway
+// than the one holding its Engine.IO session, towards the holder; RelayOut
+// carries the holder's frames back.
+func RelayIn(relayID string) (string, error) { return relay(relayID, "in") }
+
+// RelayOut: see RelayIn.
+func RelayOut(relayID string) (string, error) { return relay(relayID, "out") }
+
+func relay(relayID, dir string) (string, error) {
+	t, err := enc(relayID)
+	if err != nil {
+		return "", err
+	}
+	return join(Prefix, "relay", t[0], dir), nil
+}

@@ -135,7 +135,7 @@ type engine struct {
 	mu             sync.Mutex
 	tr             transport
 	polling        *pollTransport // set while (or after) the engine polled
-	upgrading      *wsTransport   // a WebSocket probing to take over from polling
+	upgrading      transport      // a WebSocket (here or relayed) probing to take over from polling
 	upgradeStarted bool
 	forwardSub     *nats.Subscription
 	sockets        map[string]*socket // by namespace

@@ -115,9 +115,9 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	g.m.Config.MessageBufferSize = cfg.SendQueue
 	g.m.Upgrader.CheckOrigin = g.origins.allow
 	g.m.HandleConnect(g.onWSConnect)
-	g.m.HandleMessage(func(s *melody.Session, b []byte) { engineOf(s).onWSFrame(s, b, false) })
-	g.m.HandleMessageBinary(func(s *melody.Session, b []byte) { engineOf(s).onWSFrame(s, b, true) })
-	g.m.HandleDisconnect(func(s *melody.Session) { engineOf(s).onWSClosed(s) })
+	g.m.HandleMessage(func(s *melody.Session, b []byte) { g.onWSMessage(s, b, false) })
+	g.m.HandleMessageBinary(func(s *melody.Session, b []byte) { g.onWSMessage(s, b, true) })
+	g.m.HandleDisconnect(g.onWSDisconnect)
 	g.m.HandleError(g.onWSError)
 
 	n := max(2, runtime.GOMAXPROCS(0))
@@ -288,8 +288,12 @@ func (g *Gateway) serveEngine(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		e := g.hub.engine(sid)
-		if e == nil || !e.startUpgrade() {
-			errSessionUnknown.write(w) // unknown here, already upgraded, or upgrading
+		if e == nil {
+			g.relayUpgrade(w, r, sid) // held by another gateway, if any
+			return
+		}
+		if !e.startUpgrade() {
+			errSessionUnknown.write(w) // already upgraded, or upgrading
 			return
 		}
 		g.acceptWebSocket(w, r, e, true)
@@ -343,7 +347,27 @@ const (
 
 func engineOf(s *melody.Session) *engine { return s.Keys[engineKey].(*engine) }
 
+func (g *Gateway) onWSMessage(s *melody.Session, b []byte, binary bool) {
+	if p, ok := relayOf(s); ok {
+		p.toHolder(b, binary)
+		return
+	}
+	engineOf(s).onWSFrame(s, b, binary)
+}
+
+func (g *Gateway) onWSDisconnect(s *melody.Session) {
+	if p, ok := relayOf(s); ok {
+		p.toHolderClose(1000)
+		return
+	}
+	engineOf(s).onWSClosed(s)
+}
+
 func (g *Gateway) onWSConnect(s *melody.Session) {
+	if p, ok := relayOf(s); ok {
+		p.attach(s)
+		return
+	}
 	e := engineOf(s)
 	if _, probe := s.Keys[probeKey]; probe {
 		e.probeConnected(&wsTransport{s: s, broken: &e.broken})

@@ -511,3 +511,114 @@ func (st *stack) queued(sid string) int {
 	}
 	return n
 }
+
+func TestUpgradeOnAnotherGatewayIsRelayed(t *testing.T) {
+	st := newStack(t)
+	log := slog.New(slog.NewTextHandler(st.logs, nil))
+	cfg := DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	gw2, err := Start(context.Background(), log, st.srv.Conn(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = gw2.Stop(context.Background()) })
+
+	p := st.poller() // the session lives on the first gateway
+	sid := p.connect(st.token("ray"))
+	held := make(chan string, 1)
+	go func() { held <- p.get() }()
+	time.Sleep(100 * time.Millisecond)
+
+	// The WebSocket reaches the second gateway.
+	wsURL := fmt.Sprintf("ws://%s/socket.io/?EIO=4&transport=websocket&sid=%s", gw2.Addr(), p.sid)
+	c, _, err := websocket.DefaultDialer.Dial(wsURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	read := func() string {
+		t.Helper()
+		for {
+			_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			_, b, err := c.ReadMessage()
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			if !isUpdate(string(b)) {
+				return string(b)
+			}
+		}
+	}
+	must(t, c.WriteMessage(websocket.TextMessage, []byte("2probe")))
+	if got := read(); got != "3probe" {
+		t.Fatalf("probe answer %q", got)
+	}
+	select {
+	case got := <-held:
+		if got != "6" {
+			t.Fatalf("held poll got %q, want NOOP", got)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("held poll not released by the relayed probe")
+	}
+	// A second WebSocket for the session is refused, on either gateway.
+	for _, addr := range []string{st.gw.Addr().String(), gw2.Addr().String()} {
+		u := fmt.Sprintf("ws://%s/socket.io/?EIO=4&transport=websocket&sid=%s", addr, p.sid)
+		if _, resp, err := websocket.DefaultDialer.Dial(u, nil); err == nil || resp == nil || resp.StatusCode != 400 {
+			t.Fatalf("second websocket via %s: %v %v", addr, resp, err)
+		}
+	}
+	must(t, c.WriteMessage(websocket.TextMessage, []byte("5")))
+	time.Sleep(100 * time.Millisecond)
+	if status, _ := p.do(http.MethodGet, "", nil); status != 400 {
+		t.Fatalf("poll after upgrade: %d", status)
+	}
+
+	// Deliveries, client events and binary cross the relay.
+	must(t, client.New(st.nc).NotifyConn(sid, "after", "upgrade"))
+	if got := read(); got != `42["after","upgrade"]` {
+		t.Fatalf("delivery %q", got)
+	}
+	sub, _ := st.nc.SubscribeSync("sb.in.up")
+	_ = st.nc.Flush()
+	must(t, c.WriteMessage(websocket.TextMessage, []byte(`451-["up",{"_placeholder":true,"num":0}]`)))
+	must(t, c.WriteMessage(websocket.BinaryMessage, []byte{7, 8}))
+	if m, err := sub.NextMsg(2 * time.Second); err != nil || string(m.Data) != `[{"_binary":"Bwg="}]` {
+		t.Fatalf("relayed binary event: %v %v", m, err)
+	}
+
+	// A kick goes back through the relay: 41, then the close.
+	w2 := st.poller()
+	w2.connect(st.token("ray"))
+	w2.post(fmt.Sprintf(`421["disconnectRequest",%q]`, sid))
+	if got := read(); got != "41" {
+		t.Fatalf("kicked socket got %q, want 41", got)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, _, err := c.ReadMessage(); err == nil {
+		t.Fatal("relayed websocket not closed after the kick")
+	}
+	eventually(t, 3*time.Second, func() bool { return len(st.presenceList("ray")) == 1 }, "kicked slot released")
+}
+
+func TestRelayedWebSocketCloseEndsTheSession(t *testing.T) {
+	st := newStack(t)
+	cfg := DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	gw2, err := Start(context.Background(), slog.New(slog.NewTextHandler(st.logs, nil)), st.srv.Conn(t), cfg)
+	must(t, err)
+	t.Cleanup(func() { _ = gw2.Stop(context.Background()) })
+	p := st.poller()
+	p.connect(st.token("rex"))
+	c, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s/socket.io/?EIO=4&transport=websocket&sid=%s", gw2.Addr(), p.sid), nil)
+	must(t, err)
+	must(t, c.WriteMessage(websocket.TextMessage, []byte("2probe")))
+	must(t, c.WriteMessage(websocket.TextMessage, []byte("5")))
+	time.Sleep(200 * time.Millisecond)
+	_ = c.Close()
+	eventually(t, 3*time.Second, func() bool { return len(st.presenceList("rex")) == 0 }, "slot released after the relayed websocket closed")
+	// Unknown sessions still get 400 on the second gateway.
+	if _, resp, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s/socket.io/?EIO=4&transport=websocket&sid=nope", gw2.Addr()), nil); err == nil || resp == nil || resp.StatusCode != 400 {
+		t.Fatalf("unknown sid: %v %v", resp, err)
+	}
+}

@@ -18,10 +18,34 @@ import (
 // WebSocket frames reach the engine through onWSFrame: from the active
 // transport, or from a WebSocket probing to take over from polling.
 func (e *engine) onWSFrame(s *melody.Session, b []byte, binary bool) {
+	if tr := e.wsTransportOf(s); tr != nil {
+		e.onTransportFrame(tr, b, binary)
+	}
+}
+
+func (e *engine) onWSClosed(s *melody.Session) {
+	if tr := e.wsTransportOf(s); tr != nil {
+		e.onTransportClosed(tr)
+	}
+}
+
+// wsTransportOf finds the engine's transport (active or probing) that
+// writes to session s.
+func (e *engine) wsTransportOf(s *melody.Session) transport {
 	e.mu.Lock()
-	probe := e.upgrading != nil && e.upgrading.s == s
-	ws, active := e.tr.(*wsTransport)
-	active = active && ws.s == s
+	defer e.mu.Unlock()
+	for _, tr := range []transport{e.upgrading, e.tr} {
+		if ws, ok := tr.(*wsTransport); ok && ws.s == s {
+			return tr
+		}
+	}
+	return nil
+}
+
+// onTransportFrame handles a frame that came in on tr.
+func (e *engine) onTransportFrame(tr transport, b []byte, binary bool) {
+	e.mu.Lock()
+	probe, active := e.upgrading == tr, e.tr == tr
 	e.mu.Unlock()
 	switch {
 	case probe:
@@ -33,11 +57,11 @@ func (e *engine) onWSFrame(s *melody.Session, b []byte, binary bool) {
 	}
 }
 
-func (e *engine) onWSClosed(s *melody.Session) {
+// onTransportClosed handles the end of tr: a failed upgrade, or the end of
+// the engine.
+func (e *engine) onTransportClosed(tr transport) {
 	e.mu.Lock()
-	probe := e.upgrading != nil && e.upgrading.s == s
-	ws, active := e.tr.(*wsTransport)
-	active = active && ws.s == s
+	probe, active := e.upgrading == tr, e.tr == tr
 	e.mu.Unlock()
 	switch {
 	case probe:
@@ -60,7 +84,7 @@ func (e *engine) startUpgrade() bool {
 	return true
 }
 
-func (e *engine) probeConnected(t *wsTransport) {
+func (e *engine) probeConnected(t transport) {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -72,7 +96,7 @@ func (e *engine) probeConnected(t *wsTransport) {
 }
 
 // abortUpgrade gives the engine back to polling.
-func (e *engine) abortUpgrade(t *wsTransport) {
+func (e *engine) abortUpgrade(t transport) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if t != nil {
@@ -145,7 +169,12 @@ func (h *hub) addForward(e *engine) error {
 func (e *engine) serveForwarded(m *nats.Msg) {
 	ctx, cancel := context.WithTimeout(e.g.ctx, e.g.pollDeadline())
 	defer cancel()
-	r := e.servePoll(ctx, m.Header.Get(headerMethod), m.Data)
+	var r httpReply
+	if method := m.Header.Get(headerMethod); method == methodUpgrade {
+		r = e.acceptRelay(m.Header.Get(headerRelay))
+	} else {
+		r = e.servePoll(ctx, method, m.Data)
+	}
 	reply := nats.NewMsg(m.Reply)
 	reply.Header.Set(headerStatus, strconv.Itoa(r.status))
 	reply.Header.Set("Content-Type", r.contentType)
