@@ -370,15 +370,7 @@ func TestPollingCORS(t *testing.T) {
 
 func TestPollingWithoutStickySessions(t *testing.T) {
 	st := newStack(t)
-	// A second gateway on the same NATS.
-	log := slog.New(slog.NewTextHandler(st.logs, nil))
-	cfg := DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	gw2, err := Start(context.Background(), log, st.srv.Conn(t), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = gw2.Stop(context.Background()) })
+	gw2 := st.secondGateway() // on the same NATS
 	a := "http://" + st.gw.Addr().String()
 	b := "http://" + gw2.Addr().String()
 
@@ -514,14 +506,7 @@ func (st *stack) queued(sid string) int {
 
 func TestUpgradeOnAnotherGatewayIsRelayed(t *testing.T) {
 	st := newStack(t)
-	log := slog.New(slog.NewTextHandler(st.logs, nil))
-	cfg := DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	gw2, err := Start(context.Background(), log, st.srv.Conn(t), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = gw2.Stop(context.Background()) })
+	gw2 := st.secondGateway()
 
 	p := st.poller() // the session lives on the first gateway
 	sid := p.connect(st.token("ray"))
@@ -603,11 +588,7 @@ func TestUpgradeOnAnotherGatewayIsRelayed(t *testing.T) {
 
 func TestRelayedWebSocketCloseEndsTheSession(t *testing.T) {
 	st := newStack(t)
-	cfg := DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
-	gw2, err := Start(context.Background(), slog.New(slog.NewTextHandler(st.logs, nil)), st.srv.Conn(t), cfg)
-	must(t, err)
-	t.Cleanup(func() { _ = gw2.Stop(context.Background()) })
+	gw2 := st.secondGateway()
 	p := st.poller()
 	p.connect(st.token("rex"))
 	c, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s/socket.io/?EIO=4&transport=websocket&sid=%s", gw2.Addr(), p.sid), nil)
@@ -621,4 +602,17 @@ func TestRelayedWebSocketCloseEndsTheSession(t *testing.T) {
 	if _, resp, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s/socket.io/?EIO=4&transport=websocket&sid=nope", gw2.Addr()), nil); err == nil || resp == nil || resp.StatusCode != 400 {
 		t.Fatalf("unknown sid: %v %v", resp, err)
 	}
+}
+
+// secondGateway starts another gateway on the stack's NATS.
+func (st *stack) secondGateway() *Gateway {
+	st.t.Helper()
+	cfg := DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	gw, err := Start(context.Background(), slog.New(slog.NewTextHandler(st.logs, nil)), st.srv.Conn(st.t), cfg)
+	if err != nil {
+		st.t.Fatal(err)
+	}
+	st.t.Cleanup(func() { _ = gw.Stop(context.Background()) })
+	return gw
 }
