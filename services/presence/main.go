@@ -10,15 +10,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/switchboard-rt/switchboard/pkg/boot"
 	"github.com/switchboard-rt/switchboard/pkg/config"
 	"github.com/switchboard-rt/switchboard/services/presence/presencesvc"
 )
-
-// drainTimeout bounds the NATS drain at exit.
-const drainTimeout = 5 * time.Second
 
 type mainConfig struct {
 	NATS     boot.NATSConfig    `koanf:"nats"`
