@@ -5,7 +5,7 @@
 #                     PROFILE=echo: the Socket.IO protocol test profile)
 #   make token        print a development token (USER=alice by default)
 #   make test         Go tests (race detector) of every module, then the e2e suite
-#   make lint         gofmt, go vet, and a build of each module without go.work
+#   make lint         gofmt, go vet, staticcheck, and a build of each module without go.work
 #   make bench        benchmarks of every module
 #   make fuzz         every Fuzz target of pkg for FUZZTIME (default 20s) each
 #   make clean        remove bin/ and the e2e scratch directory
@@ -20,6 +20,8 @@ MODULES := pkg services/auth services/devstack services/echo services/gateway se
 SERVICES := $(patsubst services/%,%,$(filter services/%,$(MODULES)))
 BIN := bin
 FUZZTIME ?= 20s
+# Static analysis, fetched from the Go module proxy by `go run`.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Devstack profile for `make run`: empty (the authenticated stack) or echo
 # (auth disabled, the echo service; the Socket.IO protocol test target).
 PROFILE ?=
@@ -79,6 +81,7 @@ lint:
 		out=$$(cd $$m && gofmt -l .); \
 		if [ -n "$$out" ]; then echo "gofmt needed in $$m:"; echo "$$out"; fail=1; fi; \
 		(cd $$m && $(GOWS) vet ./...) || fail=1; \
+		(cd $$m && $(GOWS) run $(STATICCHECK) ./...) || fail=1; \
 		(cd $$m && GOWORK=off $(GO) build ./...) || { echo "$$m does not build without go.work"; fail=1; }; \
 	done; \
 	exit $$fail
