@@ -4,10 +4,14 @@
 package boot
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -98,4 +102,26 @@ func Load(name string, cfg any, logc *LogConfig, args, environ []string, out io.
 		return nil, fmt.Errorf("unexpected arguments %q", rest)
 	}
 	return log, nil
+}
+
+// Main is the body of a service binary's main: load the configuration
+// (which builds the logger), then call run with a context that SIGINT or
+// SIGTERM cancels. It returns the exit code for main to exit with: 0 after
+// -h or a clean stop, 2 for a configuration error, 1 when run fails.
+func Main(name string, stderr io.Writer, load func() (*slog.Logger, error), run func(context.Context, *slog.Logger) error) int {
+	log, err := load()
+	if config.IsHelp(err) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, log); err != nil {
+		log.Error(name+" stopped", "err", err)
+		return 1
+	}
+	return 0
 }

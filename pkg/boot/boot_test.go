@@ -2,7 +2,10 @@ package boot
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -94,5 +97,43 @@ func TestInitErrors(t *testing.T) {
 	}
 	if _, _, err := Init("x", &cfg, &cfg.Log, nil, []string{"SB_NOPE=1"}, &out); err == nil {
 		t.Error("unknown setting accepted")
+	}
+}
+
+func TestMainExitCodes(t *testing.T) {
+	type cfgT struct {
+		Log LogConfig `koanf:"log"`
+		N   int       `koanf:"n"`
+	}
+	cases := []struct {
+		name   string
+		args   []string
+		runErr error
+		want   int
+	}{
+		{"help", []string{"-h"}, nil, 0},
+		{"bad setting", []string{"-n=x"}, nil, 2},
+		{"stray argument", []string{"extra"}, nil, 2},
+		{"run fails", nil, errors.New("boom"), 1},
+		{"clean stop", nil, nil, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := cfgT{Log: DefaultLog()}
+			var out bytes.Buffer
+			ran := false
+			code := Main("svc", &out, func() (*slog.Logger, error) {
+				return Load("svc", &cfg, &cfg.Log, tc.args, nil, &out)
+			}, func(ctx context.Context, _ *slog.Logger) error {
+				ran = ctx != nil
+				return tc.runErr
+			})
+			if code != tc.want {
+				t.Fatalf("exit code %d, want %d (output %q)", code, tc.want, out.String())
+			}
+			if ran != (tc.want == 1 || tc.name == "clean stop") {
+				t.Fatalf("run called: %v", ran)
+			}
+		})
 	}
 }

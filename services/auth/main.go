@@ -5,15 +5,11 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/switchboard-rt/switchboard/pkg/boot"
-	"github.com/switchboard-rt/switchboard/pkg/config"
 	"github.com/switchboard-rt/switchboard/services/auth/authsvc"
 )
 
@@ -33,41 +29,25 @@ func DefaultConfig() Config {
 const emulatorHostEnv = "FIREBASE_AUTH_EMULATOR_HOST"
 
 func main() {
-	log, cfg, err := load(os.Args[1:], os.Environ(), os.Stderr)
-	if config.IsHelp(err) {
-		os.Exit(0)
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "auth: %v\n", err)
-		os.Exit(2)
-	}
-	// The one environment read outside the configuration: with this variable
-	// set, the Firebase SDK accepts tokens without checking their signature,
-	// so anyone could log in as anyone. Production never runs that way.
-	if err := emulatorGuard(os.LookupEnv); err != nil {
-		fmt.Fprintf(os.Stderr, "auth: %v\n", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err = run(ctx, log, cfg)
-	stop()
-	if err != nil {
-		log.Error("auth stopped", "err", err)
-		os.Exit(1)
-	}
+	var cfg Config
+	os.Exit(boot.Main("auth", os.Stderr, func() (*slog.Logger, error) {
+		log, c, err := load(os.Args[1:], os.Environ(), os.Stderr)
+		cfg = c
+		if err == nil {
+			// The one environment read outside the configuration: with this
+			// variable set, the Firebase SDK accepts tokens without checking
+			// their signature, so anyone could log in as anyone.
+			err = emulatorGuard(os.LookupEnv)
+		}
+		return log, err
+	}, func(ctx context.Context, log *slog.Logger) error { return run(ctx, log, cfg) }))
 }
 
 // load reads the configuration and builds the logger.
 func load(args, environ []string, out io.Writer) (*slog.Logger, Config, error) {
 	cfg := DefaultConfig()
-	log, rest, err := boot.Init("auth", &cfg, &cfg.Log, args, environ, out)
-	if err != nil {
-		return nil, cfg, err
-	}
-	if len(rest) > 0 {
-		return nil, cfg, fmt.Errorf("unexpected arguments %q", rest)
-	}
-	return log, cfg, nil
+	log, err := boot.Load("auth", &cfg, &cfg.Log, args, environ, out)
+	return log, cfg, err
 }
 
 // emulatorGuard refuses to run when the Firebase Auth emulator is selected.

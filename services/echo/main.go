@@ -6,11 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/switchboard-rt/switchboard/pkg/boot"
-	"github.com/switchboard-rt/switchboard/pkg/config"
 	"github.com/switchboard-rt/switchboard/services/echo/echosvc"
 )
 
@@ -21,20 +18,9 @@ type appConfig struct {
 
 func main() {
 	cfg := appConfig{NATS: boot.DefaultNATS(), Log: boot.DefaultLog()}
-	log, _, err := boot.Init("echo", &cfg, &cfg.Log, os.Args[1:], os.Environ(), os.Stderr)
-	if config.IsHelp(err) {
-		os.Exit(0)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "echo:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, log, cfg); err != nil {
-		log.Error("echo stopped", "err", err)
-		os.Exit(1)
-	}
+	os.Exit(boot.Main("echo", os.Stderr, func() (*slog.Logger, error) {
+		return boot.Load("echo", &cfg, &cfg.Log, os.Args[1:], os.Environ(), os.Stderr)
+	}, func(ctx context.Context, log *slog.Logger) error { return run(ctx, log, cfg) }))
 }
 
 func run(ctx context.Context, log *slog.Logger, cfg appConfig) error {

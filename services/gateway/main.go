@@ -7,12 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/switchboard-rt/switchboard/pkg/boot"
-	"github.com/switchboard-rt/switchboard/pkg/config"
 	"github.com/switchboard-rt/switchboard/services/gateway/gateway"
 )
 
@@ -26,20 +23,9 @@ type appConfig struct {
 
 func main() {
 	cfg := appConfig{NATS: boot.DefaultNATS(), Log: boot.DefaultLog(), Gateway: gateway.DefaultConfig(), DrainTimeout: 10 * time.Second}
-	log, _, err := boot.Init("gateway", &cfg, &cfg.Log, os.Args[1:], os.Environ(), os.Stderr)
-	if config.IsHelp(err) {
-		os.Exit(0)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "gateway:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, log, cfg); err != nil {
-		log.Error("gateway stopped", "err", err)
-		os.Exit(1)
-	}
+	os.Exit(boot.Main("gateway", os.Stderr, func() (*slog.Logger, error) {
+		return boot.Load("gateway", &cfg, &cfg.Log, os.Args[1:], os.Environ(), os.Stderr)
+	}, func(ctx context.Context, log *slog.Logger) error { return run(ctx, log, cfg) }))
 }
 
 func run(ctx context.Context, log *slog.Logger, cfg appConfig) error {

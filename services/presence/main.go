@@ -8,11 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/switchboard-rt/switchboard/pkg/boot"
-	"github.com/switchboard-rt/switchboard/pkg/config"
 	"github.com/switchboard-rt/switchboard/services/presence/presencesvc"
 )
 
@@ -32,21 +29,9 @@ func defaultConfig() mainConfig {
 
 func main() {
 	cfg := defaultConfig()
-	log, _, err := boot.Init("presence", &cfg, &cfg.Log, os.Args[1:], os.Environ(), os.Stderr)
-	if config.IsHelp(err) {
-		os.Exit(0)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "presence:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, log, cfg); err != nil {
-		log.Error("exit", "err", err)
-		stop()
-		os.Exit(1)
-	}
+	os.Exit(boot.Main("presence", os.Stderr, func() (*slog.Logger, error) {
+		return boot.Load("presence", &cfg, &cfg.Log, os.Args[1:], os.Environ(), os.Stderr)
+	}, func(ctx context.Context, log *slog.Logger) error { return run(ctx, log, cfg) }))
 }
 
 // run serves until ctx ends.

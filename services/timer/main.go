@@ -6,15 +6,11 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/switchboard-rt/switchboard/pkg/boot"
-	"github.com/switchboard-rt/switchboard/pkg/config"
 	"github.com/switchboard-rt/switchboard/services/timer/timersvc"
 )
 
@@ -31,34 +27,19 @@ func DefaultConfig() Config {
 }
 
 func main() {
-	log, cfg, err := load(os.Args[1:], os.Environ(), os.Stderr)
-	if config.IsHelp(err) {
-		os.Exit(0)
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "timer: %v\n", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err = run(ctx, log, cfg)
-	stop()
-	if err != nil {
-		log.Error("timer stopped", "err", err)
-		os.Exit(1)
-	}
+	var cfg Config
+	os.Exit(boot.Main("timer", os.Stderr, func() (*slog.Logger, error) {
+		log, c, err := load(os.Args[1:], os.Environ(), os.Stderr)
+		cfg = c
+		return log, err
+	}, func(ctx context.Context, log *slog.Logger) error { return run(ctx, log, cfg) }))
 }
 
 // load reads the configuration and builds the logger.
 func load(args, environ []string, out io.Writer) (*slog.Logger, Config, error) {
 	cfg := DefaultConfig()
-	log, rest, err := boot.Init("timer", &cfg, &cfg.Log, args, environ, out)
-	if err != nil {
-		return nil, cfg, err
-	}
-	if len(rest) > 0 {
-		return nil, cfg, fmt.Errorf("unexpected arguments %q", rest)
-	}
-	return log, cfg, nil
+	log, err := boot.Load("timer", &cfg, &cfg.Log, args, environ, out)
+	return log, cfg, err
 }
 
 // run serves until ctx is done, then stops (releasing the tick lease) and
