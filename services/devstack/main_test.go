@@ -218,30 +218,7 @@ func (b *syncBuffer) String() string {
 }
 
 func TestServePrintsBannerAndStopsOnCancel(t *testing.T) {
-	cfg := devstack.DefaultConfig()
-	cfg.NATSServer.Listen = "127.0.0.1:0"
-	cfg.NATSServer.StoreDir = t.TempDir() + "/nats"
-	cfg.Gateway.Listen = "127.0.0.1:0"
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var out syncBuffer
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, log, cfg, &out) }()
-
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(out.String(), "nats pub") {
-		select {
-		case err := <-done:
-			t.Fatalf("serve returned early: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no banner; output so far %q", out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	banner := out.String()
+	banner, cancel, done := serveUntilBanner(t, devstack.DefaultConfig(), "nats pub")
 	if strings.Contains(banner, "eyJ") { // a JWT's encoded header
 		t.Errorf("the banner holds a token; it should say how to get one:\n%s", banner)
 	}
@@ -344,28 +321,7 @@ func TestServePrintsEchoProfileBanner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.NATSServer.Listen = "127.0.0.1:0"
-	cfg.NATSServer.StoreDir = t.TempDir() + "/nats"
-	cfg.Gateway.Listen = "127.0.0.1:0"
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var out syncBuffer
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, log, cfg, &out) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(out.String(), "devstack notify") {
-		select {
-		case err := <-done:
-			t.Fatalf("serve returned early: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no banner; output so far %q", out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	banner := out.String()
+	banner, cancel, done := serveUntilBanner(t, cfg, "devstack notify")
 	for _, want := range []string{
 		"\nnats: nats://127.0.0.1:",
 		"\nsocket.io: http://localhost:",
@@ -406,4 +362,32 @@ func TestTokenCommandWithSecret(t *testing.T) {
 	if err != nil || claims.Subject != "bob" {
 		t.Fatalf("token: %v %q", err, claims.Subject)
 	}
+}
+
+// serveUntilBanner runs serve with cfg until its banner holds marker, and
+// returns the output, a cancel for serve and serve's result channel.
+func serveUntilBanner(t *testing.T, cfg devstack.Config, marker string) (string, context.CancelFunc, <-chan error) {
+	t.Helper()
+	cfg.NATSServer.Listen = "127.0.0.1:0"
+	cfg.NATSServer.StoreDir = t.TempDir() + "/nats"
+	cfg.Gateway.Listen = "127.0.0.1:0"
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, log, cfg, &out) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), marker) {
+		select {
+		case err := <-done:
+			t.Fatalf("serve returned early: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no banner; output so far %q", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return out.String(), cancel, done
 }
