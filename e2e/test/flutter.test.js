@@ -115,6 +115,26 @@ describe('Flutter-style client and timers', { timeout: 120000 }, () => {
     for (const r of [phone, tablet, stranger]) r.socket.disconnect();
   });
 
+  test('a device that connects while its timer runs gets the current tick at once', async () => {
+    const user = uid('late');
+    const first = await flutter(user, 'phone-1');
+    first.socket.emit('timerStart', { dur: 10 });
+    await first.wait('tick', (t) => t.timer === 9, 3000);
+    // Connect right after a tick: the next regular one is ~1 s away.
+    await sleep(50);
+    const t0 = Date.now();
+    const second = await flutter(user, 'phone-1'); // same device, new connection
+    const tick = await second.wait('tick', () => true, 2000);
+    assert.ok(tick.at - t0 < 500, `first tick ${tick.at - t0} ms after connecting, want at once`);
+    assert.ok([9, 8].includes(tick.args[0].timer), `current tick ${tick.args[0].timer}, want the remaining seconds`);
+    // Another device of the user gets nothing.
+    const other = await flutter(user, 'tablet-1');
+    await sleep(1200);
+    assert.equal(other.of('tick').length, 0, 'another device got ticks');
+    first.socket.emit('timerStop');
+    for (const r of [first, second, other]) r.socket.disconnect();
+  });
+
   test('a timer survives a restart of the timer service with its deadline unchanged', async () => {
     const dur = 6;
     const a = await flutter(uid('restart'));

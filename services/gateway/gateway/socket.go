@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -354,19 +355,10 @@ func ackArgs(reply *nats.Msg) json.RawMessage {
 	if e := natsx.ErrorFromMsg(reply); e != nil {
 		return errorArgs(e.Message)
 	}
-	if firstNonSpace(reply.Data) == '[' && json.Valid(reply.Data) {
+	if bytes.HasPrefix(bytes.TrimLeft(reply.Data, " \t\r\n"), []byte("[")) && json.Valid(reply.Data) {
 		return reply.Data
 	}
 	return socketio.ArrayPayload(deliveryArgs(reply.Data)...)
-}
-
-func firstNonSpace(b []byte) byte {
-	for _, c := range b {
-		if c != ' ' && c != '\t' && c != '\r' && c != '\n' {
-			return c
-		}
-	}
-	return 0
 }
 
 func errorArgs(msg string) json.RawMessage {
