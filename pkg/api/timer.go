@@ -51,3 +51,33 @@ type TimerListAck struct {
 	Status string      `json:"status"` // "ok"
 	Timers []TimerInfo `json:"timers"`
 }
+
+// TimerEvent is the body of the timer events for backend services
+// (subject.TimerEvent: started, stopped, done), stored in the timer events
+// stream.
+type TimerEvent struct {
+	UserID   string    `json:"userId"`
+	DeviceID string    `json:"deviceId"`
+	Dur      int       `json:"dur"`
+	Start    time.Time `json:"start"`    // UTC, millisecond precision
+	Deadline time.Time `json:"deadline"` // UTC, millisecond precision
+	// Reason, on stopped events: "stopped" (timerStop) or "replaced" (a new
+	// timerStart on the same device).
+	Reason string `json:"reason,omitempty"`
+}
+
+// Reasons of a stopped timer event.
+const (
+	TimerReasonStopped  = "stopped"
+	TimerReasonReplaced = "replaced"
+)
+
+// TimerStatus is what one timer instance reports of itself (micro stats of
+// switchboard-timer, in each endpoint's data).
+type TimerStatus struct {
+	Instance   string `json:"instance"`
+	Holder     string `json:"holder"`     // this process's lease identity
+	Partitions []int  `json:"partitions"` // partitions this instance drives
+	Timers     int    `json:"timers"`     // timers it drives
+	Members    int    `json:"members"`    // live instances it sees
+}

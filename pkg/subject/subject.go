@@ -219,6 +219,53 @@ const (
 	EventDisconnected = Prefix + ".event.disconnected"
 )
 
+// Timer subjects. Edges (a timer's `0` tick and its `timerDone`) are
+// published into the timer events stream on TimerEdge; the stream stores each
+// once (message id deduplication) and republishes it to the device's
+// OutDevice subject (TimerEdgeRepublish). Events for backend services are
+// stored on TimerEvent subjects.
+const (
+	// TimerEdges matches every edge subject (the stream's republish source).
+	TimerEdges = Prefix + ".timer.edge.*.*"
+	// TimerEdgeRepublish maps an edge subject onto the device's delivery
+	// subject (a JetStream subject transform).
+	TimerEdgeRepublish = Prefix + ".out.device.{{wildcard(1)}}.{{wildcard(2)}}"
+	// TimerEvents matches every timer event for backend services.
+	TimerEvents = Prefix + ".timer.event.>"
+)
+
+// Kinds of timer events for backend services (the third token of a
+// TimerEvent subject).
+const (
+	TimerStarted = "started"
+	TimerStopped = "stopped"
+	TimerDone    = "done"
+)
+
+// TimerEdge is where the edges of one device's timer are published.
+func TimerEdge(uid, deviceID string) (string, error) {
+	t, err := enc(uid, deviceID)
+	if err != nil {
+		return "", err
+	}
+	return join(Prefix, "timer", "edge", t[0], t[1]), nil
+}
+
+// TimerEvent is the subject of one kind of timer event (TimerStarted,
+// TimerStopped, TimerDone) of a device: sb.timer.event.<kind>.<uid>.<deviceId>.
+func TimerEvent(kind, uid, deviceID string) (string, error) {
+	switch kind {
+	case TimerStarted, TimerStopped, TimerDone:
+	default:
+		return "", errors.New("unknown timer event kind")
+	}
+	t, err := enc(uid, deviceID)
+	if err != nil {
+		return "", err
+	}
+	return join(Prefix, "timer", "event", kind, t[0], t[1]), nil
+}
+
 // GatewayControl is the control subject of one gateway instance (disconnect
 // orders and, later, forwarded transport requests).
 func GatewayControl(gatewayID, op string) (string, error) {

@@ -44,7 +44,7 @@ func loadAll(tk *ticker, gen uint64, uids []string, dur int, now time.Time) time
 	deadline := start + int64(dur)*1000
 	for _, uid := range uids {
 		doc := userDoc{Timers: map[string]record{"phone": {Dur: dur, Start: start, Deadline: deadline}}}
-		tk.apply(gen, uid, &doc, now)
+		tk.apply(0, gen, uid, &doc, now)
 	}
 	return time.UnixMilli(deadline)
 }
@@ -52,7 +52,7 @@ func loadAll(tk *ticker, gen uint64, uids []string, dur int, now time.Time) time
 // burst loads benchTimers timers per iteration, each sending its current
 // tick at once, and waits until pub has seen them all.
 func burst(b *testing.B, pub msgPublisher, seen func() int64) {
-	tk := newTicker(testLog(b), pub, func(removal) {})
+	tk := newTicker(testLog(b), pub, 1, func(edge) {})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go tk.sched.Run(ctx)
@@ -61,13 +61,13 @@ func burst(b *testing.B, pub msgPublisher, seen func() int64) {
 	cpu0, t0 := cpuTime(), time.Now()
 	var want int64
 	for range b.N {
-		gen := tk.activate(0)
+		gen := tk.activate(0, 0, time.Now().Add(time.Hour))
 		loadAll(tk, gen, uids, 86400, time.Now())
 		want += benchTimers
 		for seen() < want {
 			time.Sleep(100 * time.Microsecond)
 		}
-		tk.deactivate()
+		tk.deactivate(0)
 	}
 	elapsed, cpu := time.Since(t0), cpuTime()-cpu0
 	ticks := float64(b.N * benchTimers)
@@ -142,7 +142,7 @@ func BenchmarkSteady10k(b *testing.B) {
 	if err := subNC.Flush(); err != nil {
 		b.Fatal(err)
 	}
-	tk := newTicker(testLog(b), pubNC, func(removal) {})
+	tk := newTicker(testLog(b), pubNC, 1, func(edge) { mu.Lock(); dones++; mu.Unlock() })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go tk.sched.Run(ctx)
@@ -157,7 +157,7 @@ func BenchmarkSteady10k(b *testing.B) {
 		deadline = time.UnixMilli(now.UnixMilli() + dur*1000)
 		mu.Unlock()
 		cpu0, t0 := cpuTime(), time.Now()
-		gen := tk.activate(0)
+		gen := tk.activate(0, 0, time.Now().Add(time.Hour))
 		loadAll(tk, gen, uids, dur, now)
 		for {
 			mu.Lock()
@@ -173,14 +173,14 @@ func BenchmarkSteady10k(b *testing.B) {
 		}
 		cpu += cpuTime() - cpu0
 		wall += time.Since(t0)
-		tk.deactivate()
+		tk.deactivate(0)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if ticks != benchTimers*(dur+1) {
-		b.Fatalf("%d ticks, want %d", ticks, benchTimers*(dur+1))
+	if ticks != benchTimers*dur {
+		b.Fatalf("%d ticks, want %d", ticks, benchTimers*dur)
 	}
-	b.ReportMetric(float64(benchTimers*(dur+1))/float64(dur), "ticks/s")
+	b.ReportMetric(float64(benchTimers*dur)/float64(dur), "ticks/s")
 	b.ReportMetric(100*cpu.Seconds()/wall.Seconds(), "cpu%")
 	b.ReportMetric(float64(maxLag.Milliseconds()), "max-lag-ms")
 	b.ReportMetric(float64((sumLag / time.Duration(ticks)).Milliseconds()), "mean-lag-ms")

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +33,9 @@ func testLog(t testing.TB) *slog.Logger {
 
 func testConfig() Config {
 	c := DefaultConfig()
+	c.Partitions = 8
 	c.LeaseTTL = time.Second
+	c.LeaseRenew = 200 * time.Millisecond
 	return c
 }
 
@@ -70,12 +73,59 @@ func (e *env) start(t *testing.T, cfg Config) (*Service, *nats.Conn) {
 	return svc, nc
 }
 
-// startLeader starts an instance and waits until it holds the lease.
+// startLeader starts an instance and waits until it drives every partition.
 func (e *env) startLeader(t *testing.T, cfg Config) *Service {
 	t.Helper()
 	svc, _ := e.start(t, cfg)
-	waitFor(t, 3*time.Second, "lease", svc.Leader)
+	waitCovered(t, 5*time.Second, cfg.Partitions, svc)
 	return svc
+}
+
+// covered reports whether svcs drive every one of n partitions, each
+// partition once.
+func covered(n int, svcs ...*Service) bool {
+	seen := make(map[int]int, n)
+	for _, s := range svcs {
+		for _, p := range s.Status().Partitions {
+			seen[p]++
+		}
+	}
+	if len(seen) != n {
+		return false
+	}
+	for _, c := range seen {
+		if c != 1 {
+			return false
+		}
+	}
+	return true
+}
+
+// waitCovered waits until svcs drive every partition, each once, with
+// every instance driving some.
+func waitCovered(t *testing.T, within time.Duration, n int, svcs ...*Service) {
+	t.Helper()
+	waitFor(t, within, "partitions shared", func() bool {
+		for _, s := range svcs {
+			if len(s.Status().Partitions) == 0 {
+				return false
+			}
+		}
+		return covered(n, svcs...)
+	})
+}
+
+// owner returns the instance of svcs driving uid's partition.
+func owner(t *testing.T, n int, uid string, svcs ...*Service) *Service {
+	t.Helper()
+	p := partitionOf(uid, n)
+	for _, s := range svcs {
+		if slices.Contains(s.Status().Partitions, p) {
+			return s
+		}
+	}
+	t.Fatalf("no instance drives partition %d", p)
+	return nil
 }
 
 func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
@@ -311,3 +361,5 @@ func countdown(t *testing.T, in *inbox, deadline time.Time, from, dur int, dev s
 		t.Fatalf("timerDone %s lacks timer 0", d.data)
 	}
 }
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }

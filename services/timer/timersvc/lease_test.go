@@ -3,6 +3,8 @@ package timersvc
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -11,102 +13,21 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/api"
 )
 
-// remainingAt is the whole seconds a timer with deadline has left at t.
-func remainingAt(deadline, t time.Time) int {
-	left := deadline.Sub(t)
-	if left <= 0 {
-		return 0
-	}
-	return int((left + time.Second - 1) / time.Second)
-}
-
-// resumed checks the ticks after a change of lease holder: the first one is
-// the current remaining time, sent at once; the others follow on the grid,
-// each value once, down to 0 and timerDone.
+// resumed checks the ticks of a countdown that changed hands: values only
+// go down, each on its place of the grid, the first one no later than
+// latest, down to 0 and timerDone, and nothing after.
 func resumed(t *testing.T, in *inbox, deadline time.Time, dur int, dev string, latest time.Time) int {
 	t.Helper()
-	d := in.expect(t, api.EventTick, time.Until(latest)+tol)
-	if d.at.After(latest) {
-		t.Fatalf("resume tick came %s late", d.at.Sub(latest))
-	}
+	d := in.expect(t, api.EventTick, time.Until(latest)+time.Second+tol)
 	r := d.timer(t)
-	if want := remainingAt(deadline, d.at); r != want && r != want+1 {
-		t.Fatalf("resume tick %d, want current remaining %d", r, want)
-	}
+	onGrid(t, d, deadline, r)
 	countdown(t, in, deadline, r-1, dur, dev)
 	in.none(t, 1200*time.Millisecond)
 	return r
 }
 
-// Stop on the lease holder hands the countdown to another instance at once,
-// on the same deadline, without a repeated tick.
-func TestRestartKeepsDeadline(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	cfg := DefaultConfig() // lease_ttl 5s: only a released lease is taken at once
-	a := e.startLeader(t, cfg)
-	w := who{"alice", "phone", "s1"}
-	in := e.listenDevice(t, w.uid, w.dev)
-	e.startTimer(t, w, 5)
-	deadline := e.deadline(t, w)
-	onGrid(t, in.next(t, time.Second), deadline, 5)
-	onGrid(t, in.next(t, 2*time.Second), deadline, 4)
-	time.Sleep(time.Until(deadline.Add(-3800 * time.Millisecond)))
-	if err := a.Stop(); err != nil {
-		t.Fatalf("stop: %v", err)
-	}
-	in.none(t, 0)
-	b, _ := e.start(t, cfg)
-	// The released lease says tick 4 was sent: the new holder goes on with
-	// 3 on the same grid, repeating nothing.
-	countdown(t, in, deadline, 3, 5, w.dev)
-	in.none(t, 1200*time.Millisecond)
-	if !b.Leader() {
-		t.Fatal("second instance does not hold the lease")
-	}
-}
-
-// An instance that vanishes without Stop loses the lease when it expires;
-// another one takes over within lease_ttl + 1s, on the same deadline.
-func TestLeaseFailover(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	cfg := testConfig() // lease_ttl 1s
-	a := e.startLeader(t, cfg)
-	anc := a.nc
-	b, _ := e.start(t, cfg)
-	time.Sleep(cfg.LeaseTTL / 2)
-	if b.Leader() {
-		t.Fatal("two lease holders")
-	}
-	w := who{"alice", "phone", "s1"}
-	in := e.listenDevice(t, w.uid, w.dev)
-	e.startTimer(t, w, 6)
-	deadline := e.deadline(t, w)
-	onGrid(t, in.next(t, time.Second), deadline, 6)
-	onGrid(t, in.next(t, 2*time.Second), deadline, 5)
-	time.Sleep(time.Until(deadline.Add(-4800 * time.Millisecond)))
-	anc.Close() // vanish: no Stop, no lease release
-	closed := time.Now()
-	resumed(t, in, deadline, 6, w.dev, closed.Add(cfg.LeaseTTL+time.Second))
-	if !b.Leader() || a.Leader() {
-		t.Fatalf("leaders after failover: a=%v b=%v", a.Leader(), b.Leader())
-	}
-}
-
-// A holder whose lease was taken stops ticking at once; ticking resumes
-// with the current value once the lease is free again.
-func TestLeaseLostStopsTicking(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	cfg := testConfig()
-	a := e.startLeader(t, cfg)
-	w := who{"alice", "phone", "s1"}
-	in := e.listenDevice(t, w.uid, w.dev)
-	e.startTimer(t, w, 5)
-	deadline := e.deadline(t, w)
-	onGrid(t, in.next(t, time.Second), deadline, 5)
-
+func (e *env) kv(t *testing.T, cfg Config) jetstream.KeyValue {
+	t.Helper()
 	js, err := jetstream.New(e.nc)
 	if err != nil {
 		t.Fatal(err)
@@ -115,27 +36,139 @@ func TestLeaseLostStopsTicking(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	intruder, _ := json.Marshal(leaseDoc{Instance: "intruder", Until: time.Now().Add(time.Hour).UnixMilli()})
-	if _, err := kv.Put(context.Background(), leaseKey, intruder); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, cfg.LeaseTTL, "lease loss", func() bool { return !a.Leader() })
-	// At most the tick that was due while the loss went unnoticed.
-	select {
-	case d := <-in.ch:
-		onGrid(t, d, deadline, 4)
-	case <-time.After(1500 * time.Millisecond):
-	}
-	in.none(t, 500*time.Millisecond)
-	if err := kv.Delete(context.Background(), leaseKey); err != nil {
-		t.Fatal(err)
-	}
-	freed := time.Now()
-	resumed(t, in, deadline, 5, w.dev, freed.Add(cfg.LeaseTTL/2))
+	return kv
 }
 
-// With several instances exactly one ticks: every value arrives once.
-func TestOneHolderAmongMany(t *testing.T) {
+func TestAssign(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{1, 7, 64, 1024} {
+		for _, members := range [][]string{{"a"}, {"a", "b"}, {"a", "b", "c"}, {"m1", "m2", "m3", "m4", "m5"}} {
+			owners := assign(n, members)
+			count := map[string]int{}
+			for _, o := range owners {
+				count[o]++
+			}
+			for _, m := range members {
+				if c, want := count[m], n/len(members); c < want || c > want+1 {
+					t.Errorf("n=%d members=%v: %s has %d partitions, want %d or %d", n, members, m, c, want, want+1)
+				}
+			}
+			shuffled := slices.Clone(members)
+			slices.Reverse(shuffled)
+			if !slices.Equal(assign(n, shuffled), owners) {
+				t.Errorf("n=%d: assignment depends on member order", n)
+			}
+		}
+	}
+	// A third member joining takes about its share, and most of the others'
+	// partitions stay where they were.
+	before, after := assign(64, []string{"a", "b"}), assign(64, []string{"a", "b", "c"})
+	moved := 0
+	for p := range before {
+		if before[p] != after[p] && after[p] != "c" {
+			moved++
+		}
+	}
+	if moved > 16 {
+		t.Errorf("%d partitions moved between the old members", moved)
+	}
+	if got := assign(3, nil); !slices.Equal(got, []string{"", "", ""}) {
+		t.Errorf("no members: %v", got)
+	}
+}
+
+// Stop hands the countdown to another instance at once, on the same
+// deadline, without a repeated or a missing tick.
+func TestStopHandsOver(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	cfg := testConfig()
+	cfg.LeaseTTL, cfg.LeaseRenew = 5*time.Second, time.Second // only a release is taken at once
+	a := e.startLeader(t, cfg)
+	w := who{"alice", "phone", "s1"}
+	in := e.listenDevice(t, w.uid, w.dev)
+	e.startTimer(t, w, 5)
+	deadline := e.deadline(t, w)
+	onGrid(t, in.next(t, time.Second), deadline, 5)
+	b, _ := e.start(t, cfg) // joins: half the partitions move, released
+	waitCovered(t, 3*time.Second, cfg.Partitions, a, b)
+	onGrid(t, in.next(t, 2*time.Second), deadline, 4)
+	time.Sleep(time.Until(deadline.Add(-3800 * time.Millisecond)))
+	if err := a.Stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	waitCovered(t, time.Second, cfg.Partitions, b)
+	countdown(t, in, deadline, 3, 5, w.dev)
+	in.none(t, 1200*time.Millisecond)
+}
+
+// An instance that vanishes without Stop loses its partitions once their
+// leases lapse; another takes over within lease_ttl and goes on with the
+// next value on the same grid.
+func TestFailover(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	cfg := testConfig()
+	a, _ := e.start(t, cfg)
+	b, _ := e.start(t, cfg)
+	waitCovered(t, 5*time.Second, cfg.Partitions, a, b)
+	w := who{"alice", "phone", "s1"}
+	holder := owner(t, cfg.Partitions, w.uid, a, b)
+	other := a
+	if holder == a {
+		other = b
+	}
+	in := e.listenDevice(t, w.uid, w.dev)
+	e.startTimer(t, w, 6)
+	deadline := e.deadline(t, w)
+	onGrid(t, in.next(t, time.Second), deadline, 6)
+	onGrid(t, in.next(t, 2*time.Second), deadline, 5)
+	time.Sleep(time.Until(deadline.Add(-4800 * time.Millisecond)))
+	holder.nc.Close() // vanish: no Stop, no release
+	closed := time.Now()
+	resumed(t, in, deadline, 6, w.dev, closed.Add(cfg.LeaseTTL+200*time.Millisecond))
+	waitCovered(t, time.Second, cfg.Partitions, other)
+}
+
+// A holder whose lease was taken stops ticking that partition at once;
+// once the intruder's lease has lapsed, ticking resumes on the grid.
+func TestLeaseLostStopsTicking(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	cfg := testConfig()
+	a := e.startLeader(t, cfg)
+	w := who{"alice", "phone", "s1"}
+	in := e.listenDevice(t, w.uid, w.dev)
+	e.startTimer(t, w, 6)
+	deadline := e.deadline(t, w)
+	onGrid(t, in.next(t, time.Second), deadline, 6)
+
+	kv := e.kv(t, cfg)
+	intruder, _ := json.Marshal(leaseDoc{Instance: "intruder", Holder: "intruder", TTL: 1000})
+	p := partitionOf(w.uid, cfg.Partitions)
+	if _, err := kv.Put(context.Background(), leaseKey(p), intruder); err != nil {
+		t.Fatal(err)
+	}
+	taken := time.Now()
+	waitFor(t, 2*cfg.LeaseRenew, "lease loss", func() bool { return !slices.Contains(a.Status().Partitions, p) })
+	// At most the tick that was due while the loss went unnoticed.
+	for {
+		select {
+		case d := <-in.ch:
+			if d.at.After(taken.Add(2 * cfg.LeaseRenew)) {
+				t.Fatalf("tick %s after the lease was lost", d.data)
+			}
+			continue
+		case <-time.After(cfg.LeaseTTL - 300*time.Millisecond):
+		}
+		break
+	}
+	resumed(t, in, deadline, 6, w.dev, taken.Add(cfg.LeaseTTL+cfg.LeaseRenew))
+}
+
+// Several instances share the partitions: every partition has exactly one
+// holder at every moment, and every tick value arrives once.
+func TestOneHolderPerPartition(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	cfg := testConfig()
@@ -144,29 +177,131 @@ func TestOneHolderAmongMany(t *testing.T) {
 		s, _ := e.start(t, cfg)
 		svcs = append(svcs, s)
 	}
-	leaders := func() int {
-		n := 0
-		for _, s := range svcs {
-			if s.Leader() {
-				n++
-			}
-		}
-		return n
+	waitCovered(t, 5*time.Second, cfg.Partitions, svcs...)
+	var ins []*inbox
+	var ws []who
+	for i := range 12 {
+		w := who{fmt.Sprintf("user%d", i), "phone", ""}
+		ins = append(ins, e.listenDevice(t, w.uid, w.dev))
+		ws = append(ws, w)
+		e.startTimer(t, w, 2)
 	}
-	waitFor(t, 2*time.Second, "a lease holder", func() bool { return leaders() == 1 })
-	w := who{"alice", "phone", "s1"}
-	in := e.listenDevice(t, w.uid, w.dev)
-	e.startTimer(t, w, 2)
-	deadline := e.deadline(t, w)
 	stop := time.Now().Add(2 * time.Second)
 	for time.Now().Before(stop) {
-		if n := leaders(); n != 1 {
-			t.Fatalf("%d lease holders", n)
+		seen := map[int]int{}
+		for _, s := range svcs {
+			for _, p := range s.Status().Partitions {
+				if seen[p]++; seen[p] > 1 {
+					t.Fatalf("partition %d has two holders", p)
+				}
+			}
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
-	countdown(t, in, deadline, 2, 2, w.dev)
-	in.none(t, time.Second)
+	for i, w := range ws {
+		var got []int
+		for {
+			d := ins[i].next(t, 3*time.Second)
+			if d.event == api.EventTimerDone {
+				break
+			}
+			got = append(got, d.timer(t))
+		}
+		if !slices.Equal(got, []int{2, 1, 0}) {
+			t.Errorf("%s: ticks %v, want [2 1 0]", w.uid, got)
+		}
+		ins[i].none(t, 0)
+	}
+}
+
+// Two instances started with the same name hold different leases: no
+// partition is driven by both, and no tick is sent twice.
+func TestSameInstanceName(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	cfg := testConfig()
+	cfg.Instance = "timer-1"
+	a, _ := e.start(t, cfg)
+	b, _ := e.start(t, cfg)
+	waitCovered(t, 5*time.Second, cfg.Partitions, a, b)
+	if a.Status().Holder == b.Status().Holder {
+		t.Fatal("two instances share a lease identity")
+	}
+	var ins []*inbox
+	for i := range 8 {
+		w := who{fmt.Sprintf("user%d", i), "phone", ""}
+		ins = append(ins, e.listenDevice(t, w.uid, w.dev))
+		e.startTimer(t, w, 2)
+	}
+	for _, in := range ins {
+		var got []int
+		for {
+			d := in.next(t, 3*time.Second)
+			if d.event == api.EventTimerDone {
+				break
+			}
+			got = append(got, d.timer(t))
+		}
+		if !slices.Equal(got, []int{2, 1, 0}) {
+			t.Errorf("%s: ticks %v, want [2 1 0]", in.subj, got)
+		}
+		in.none(t, 300*time.Millisecond)
+	}
+}
+
+// An instance joining takes its share of the partitions from the running
+// ones: countdowns that move go on without a repeated or missing value.
+func TestJoinMovesWithoutDoubleTick(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	cfg := testConfig()
+	a := e.startLeader(t, cfg)
+	type dev struct {
+		w  who
+		in *inbox
+	}
+	var devs []dev
+	for i := range 16 {
+		w := who{fmt.Sprintf("user%d", i), "phone", ""}
+		devs = append(devs, dev{w, e.listenDevice(t, w.uid, w.dev)})
+		e.startTimer(t, w, 4)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	b, _ := e.start(t, cfg)
+	c, _ := e.start(t, cfg)
+	waitCovered(t, 3*time.Second, cfg.Partitions, a, b, c)
+	for _, d := range devs {
+		var got []int
+		for {
+			x := d.in.next(t, 3*time.Second)
+			if x.event == api.EventTimerDone {
+				break
+			}
+			got = append(got, x.timer(t))
+		}
+		if !slices.Equal(got, []int{4, 3, 2, 1, 0}) {
+			t.Errorf("%s: ticks %v, want [4 3 2 1 0]", d.w.uid, got)
+		}
+		d.in.none(t, 0)
+	}
+}
+
+// The partition count is fixed by the bucket: an instance configured with
+// another one refuses to start, saying why.
+func TestPartitionsFixed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	cfg := testConfig()
+	e.startLeader(t, cfg)
+	cfg.Partitions++
+	svc, err := Start(context.Background(), testLog(t), e.srv.Conn(t), cfg)
+	if err == nil {
+		_ = svc.Stop()
+		t.Fatal("started with another partition count")
+	}
+	if want := fmt.Sprintf("has %d partitions", cfg.Partitions-1); !contains(err.Error(), want) {
+		t.Fatalf("error %q does not say %q", err, want)
+	}
 }
 
 // A NATS server restart loses no timer and moves no deadline: the countdown
@@ -186,16 +321,21 @@ func TestServerRestart(t *testing.T) {
 	if err := e.nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	// Ticks resume (some may be missing or late around the outage) and the
-	// last ones are on the original grid.
-	var last delivery
+	// Ticks resume (some may be missing around the outage), only going
+	// down, and the last ones are on the original grid.
+	last := 6
+	var zero delivery
 	for {
 		d := in.next(t, 4*time.Second)
 		if d.event == api.EventTimerDone {
 			break
 		}
-		last = d
+		if r := d.timer(t); r >= last {
+			t.Fatalf("tick %d after %d", r, last)
+		}
+		last = d.timer(t)
+		zero = d
 	}
-	onGrid(t, last, deadline, 0)
+	onGrid(t, zero, deadline, 0)
 	in.none(t, time.Second)
 }

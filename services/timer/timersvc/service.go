@@ -47,9 +47,13 @@ type Service struct {
 	nc       *nats.Conn
 	cfg      Config
 	instance string
+	holder   string
+	js       jetstream.JetStream
 	kv       jetstream.KeyValue
 	store    *store
 	ticker   *ticker
+	edges    *edger
+	coord    *coordinator
 	notify   *client.Client
 
 	subs  []*nats.Subscription
@@ -61,78 +65,86 @@ type Service struct {
 	closing bool
 	hwg     sync.WaitGroup
 
-	// Finished timers waiting to be removed from KV.
-	rmu      sync.Mutex
-	rqueue   []removal
-	rwake    chan struct{}
-	rpending atomic.Int64
+	// Finished timers waiting to be removed from KV; unfinished counts the
+	// edges and removals not done yet.
+	rmu        sync.Mutex
+	rqueue     []removal
+	rwake      chan struct{}
+	unfinished atomic.Int64
 
-	// Lease state, owned by the lease loop.
-	lease leaseState
-	// gen of the last watch that ended.
-	watchEnded atomic.Uint64
-	leaseWake  chan struct{}
-
-	stopLease   chan struct{}
-	leaseCtx    context.Context
-	leaseCancel context.CancelFunc
-	leaseWG     sync.WaitGroup
-	cancel      context.CancelFunc
-	wg          sync.WaitGroup
-	stopOnce    sync.Once
-	stopErr     error
+	runCtx    context.Context
+	stopLease chan struct{}
+	leaseWG   sync.WaitGroup
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	stopOnce  sync.Once
+	stopErr   error
 }
 
-// Start creates the KV bucket if needed, subscribes to the timer client
-// events, registers the micro service and starts competing for the tick
-// lease. ctx bounds the start only; Stop ends the service.
+var _ partitionDriver = (*Service)(nil)
+
+// randomID is 12 random bytes in base64url.
+func randomID() (string, error) {
+	b := make([]byte, 12)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// Start opens the KV bucket and the events stream (creating them if
+// needed), subscribes to the timer client events, registers the micro
+// service and joins the instances sharing the partitions. ctx bounds the
+// start only; Stop ends the service.
 func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*Service, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("timer config: %w", err)
 	}
+	holder, err := randomID()
+	if err != nil {
+		return nil, fmt.Errorf("lease identity: %w", err)
+	}
 	instance := cfg.Instance
 	if instance == "" {
-		b := make([]byte, 9)
-		if _, err := rand.Read(b); err != nil {
-			return nil, fmt.Errorf("instance id: %w", err)
-		}
-		instance = base64.RawURLEncoding.EncodeToString(b)
+		instance = holder
 	}
 	log = log.With("instance", instance)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      cfg.Bucket,
-		Description: "Switchboard timers and tick lease",
-		History:     1,
-		Replicas:    cfg.Replicas,
-	})
+	kv, markerTTL, err := openBucket(ctx, js, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("open bucket %s: %w", cfg.Bucket, err)
+		return nil, err
+	}
+	stream, err := openStream(ctx, js, cfg)
+	if err != nil {
+		return nil, err
 	}
 	s := &Service{
 		log:       log,
 		nc:        nc,
 		cfg:       cfg,
 		instance:  instance,
+		holder:    holder,
+		js:        js,
 		kv:        kv,
-		store:     &store{kv: kv, log: log},
+		store:     &store{kv: kv, log: log, partitions: cfg.Partitions, markerTTL: markerTTL},
 		notify:    client.New(nc),
 		sem:       make(chan struct{}, maxInFlight),
 		rwake:     make(chan struct{}, 1),
-		leaseWake: make(chan struct{}, 1),
 		stopLease: make(chan struct{}),
 	}
-	s.ticker = newTicker(log, nc, s.enqueueRemoval)
+	s.ticker = newTicker(log, nc, cfg.Partitions, s.pushEdge)
+	s.edges = newEdger(log, js, stream, s.ticker.live, s.enqueueRemoval)
+	s.coord = newCoordinator(log, cfg, kv, markerTTL, holder, instance, s.ticker, s)
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.cancel = cancel
-	s.leaseCtx, s.leaseCancel = context.WithCancel(context.WithoutCancel(ctx))
-	s.wg.Add(2)
+	s.runCtx, s.cancel = runCtx, cancel
+	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.ticker.sched.Run(runCtx) }()
 	go func() { defer s.wg.Done(); s.removeLoop(runCtx) }()
+	go func() { defer s.wg.Done(); s.edges.run(runCtx) }()
 
 	if err := s.subscribe(); err != nil {
 		s.shutdown()
@@ -144,20 +156,84 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 		s.shutdown()
 		return nil, fmt.Errorf("flush subscriptions: %w", err)
 	}
+	if err := s.coord.watch(runCtx); err != nil {
+		s.shutdown()
+		return nil, fmt.Errorf("watch leases: %w", err)
+	}
 	s.leaseWG.Add(1)
-	go func() { defer s.leaseWG.Done(); s.leaseLoop() }()
-	log.Info("timer service started", "bucket", cfg.Bucket, "lease_ttl", cfg.LeaseTTL)
+	go func() { defer s.leaseWG.Done(); s.coord.run(s.stopLease) }()
+	log.Info("timer service started", "bucket", cfg.Bucket, "partitions", cfg.Partitions, "lease_ttl", cfg.LeaseTTL, "holder", holder)
 	return s, nil
 }
 
-// Instance is the name this instance uses in the tick lease.
+// Instance is this instance's name.
 func (s *Service) Instance() string { return s.instance }
 
-// Leader reports whether this instance currently holds the tick lease.
-func (s *Service) Leader() bool {
-	s.ticker.mu.Lock()
-	defer s.ticker.mu.Unlock()
-	return s.ticker.active
+// Status reports the partitions this instance drives.
+func (s *Service) Status() api.TimerStatus {
+	parts, n := s.ticker.owned()
+	return api.TimerStatus{
+		Instance:   s.instance,
+		Holder:     s.holder,
+		Partitions: parts,
+		Timers:     n,
+		Members:    len(s.coord.live(s.coord.view(), time.Now())),
+	}
+}
+
+// startPartition watches partition p's timers into the ticker (term gen).
+func (s *Service) startPartition(p int, gen uint64) (func(), error) {
+	ctx, cancel := context.WithCancel(s.runCtx)
+	// ctx lives as long as the watch: bound only its creation.
+	guard := time.AfterFunc(opTimeout, cancel)
+	w, err := s.kv.Watch(ctx, partitionKeys(p))
+	if !guard.Stop() && err == nil {
+		err = errors.New("timed out")
+	}
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("watch partition %d: %w", p, err)
+	}
+	go func() {
+		for e := range w.Updates() {
+			if e == nil {
+				continue
+			}
+			uid, err := uidFromKey(e.Key())
+			if err != nil {
+				s.log.Warn("ignoring foreign key in timer bucket", "key", e.Key())
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				s.ticker.apply(p, gen, uid, nil, time.Now())
+				continue
+			}
+			doc := decodeDoc(s.log, e.Key(), e.Value())
+			s.ticker.apply(p, gen, uid, &doc, time.Now())
+		}
+		select {
+		case s.coord.ended <- partGen{p, gen}:
+		case <-ctx.Done():
+		}
+	}()
+	return func() { cancel(); _ = w.Stop() }, nil
+}
+
+// flush waits until the finished timers' edges and removals are done
+// (bounded by flushTimeout).
+func (s *Service) flush() {
+	deadline := time.Now().Add(flushTimeout)
+	for s.unfinished.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := s.unfinished.Load(); n > 0 {
+		s.log.Warn("finished timers not yet removed at stop; the next holder completes them", "count", n)
+	}
+}
+
+func (s *Service) pushEdge(x edge) {
+	s.unfinished.Add(1)
+	s.edges.push(x)
 }
 
 func (s *Service) subscribe() error {
@@ -172,10 +248,19 @@ func (s *Service) subscribe() error {
 		}
 		s.subs = append(s.subs, sub)
 	}
+	sub, err := s.nc.Subscribe(subject.EventConnected, s.onConnected)
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", subject.EventConnected, err)
+	}
+	s.subs = append(s.subs, sub)
 	svc, err := micro.AddService(s.nc, micro.Config{
 		Name:        ServiceName,
 		Version:     Version,
 		Description: "Switchboard timers",
+		Metadata:    map[string]string{"instance": s.instance, "holder": s.holder},
+		// `nats micro stats switchboard-timer` shows, per instance, the
+		// partitions it drives and its timers.
+		StatsHandler: func(*micro.Endpoint) any { return s.Status() },
 	})
 	if err != nil {
 		return fmt.Errorf("add micro service: %w", err)
@@ -188,9 +273,9 @@ func (s *Service) subscribe() error {
 	return nil
 }
 
-// Stop unsubscribes, stops ticking, removes the timers that just finished
-// and releases the tick lease so another instance takes over at once. It
-// does not close the NATS connection.
+// Stop unsubscribes, stops ticking, completes the timers that just
+// finished and releases the partition leases so the other instances take
+// over at once. It does not close the NATS connection.
 func (s *Service) Stop() error {
 	s.stopOnce.Do(func() { s.stopErr = s.shutdown() })
 	return s.stopErr
@@ -220,9 +305,10 @@ func (s *Service) shutdown() error {
 	s.closing = true
 	s.hmu.Unlock()
 	s.hwg.Wait()
-	close(s.stopLease) // the lease loop drops and releases the lease
-	s.leaseWG.Wait()
-	s.leaseCancel()
+	if s.coord != nil {
+		close(s.stopLease) // the lease loop hands every partition back
+		s.leaseWG.Wait()
+	}
 	s.cancel()
 	s.wg.Wait()
 	return errors.Join(errs...)
@@ -310,7 +396,7 @@ func (s *Service) start(ctx context.Context, ev *client.Event) {
 		s.fail(ev, api.CodeBadRequest, why)
 		return
 	}
-	key, err := userKey(ev.UserID)
+	key, err := s.store.key(ev.UserID)
 	if err != nil {
 		s.fail(ev, api.CodeBadRequest, "invalid user")
 		return
@@ -319,7 +405,12 @@ func (s *Service) start(ctx context.Context, ev *client.Event) {
 		s.fail(ev, api.CodeBadRequest, "invalid device")
 		return
 	}
+	var started, replaced record
 	err = s.store.mutate(ctx, key, func(doc *userDoc, now int64) (bool, error) {
+		replaced = record{}
+		if old, ok := doc.Timers[ev.DeviceID]; ok && old.valid() && old.Deadline > now {
+			replaced = old
+		}
 		running := 0
 		for dev, r := range doc.Timers {
 			if dev != ev.DeviceID && r.valid() && r.Deadline > now {
@@ -329,7 +420,8 @@ func (s *Service) start(ctx context.Context, ev *client.Event) {
 		if running >= s.cfg.MaxTimersPerUser {
 			return false, errTooMany
 		}
-		doc.Timers[ev.DeviceID] = record{Dur: dur, Start: now, Deadline: now + int64(dur)*1000}
+		started = record{Dur: dur, Start: now, Deadline: now + int64(dur)*1000}
+		doc.Timers[ev.DeviceID] = started
 		return true, nil
 	})
 	switch {
@@ -340,18 +432,40 @@ func (s *Service) start(ctx context.Context, ev *client.Event) {
 	default:
 		s.log.Debug("timer started", "user", ev.UserID, "device", ev.DeviceID, "dur", dur)
 		s.ack(ev, api.TimerStartAck{Status: "ok", Timer: dur})
+		if replaced.Start != 0 {
+			s.publishEvent(ctx, subject.TimerStopped, ev.UserID, ev.DeviceID, replaced, api.TimerReasonReplaced)
+		}
+		s.publishEvent(ctx, subject.TimerStarted, ev.UserID, ev.DeviceID, started, "")
+	}
+}
+
+// publishEvent stores a timer event for backend services. A failure is
+// logged: the client's request succeeded.
+func (s *Service) publishEvent(ctx context.Context, kind, uid, dev string, rec record, reason string) {
+	m, err := timerEventMsg(kind, uid, dev, rec, reason)
+	if err == nil {
+		_, err = s.js.PublishMsg(ctx, m)
+	}
+	if err != nil {
+		s.log.Warn("timer event not stored", "kind", kind, "user", uid, "device", dev, "err", err)
 	}
 }
 
 func (s *Service) stop(ctx context.Context, ev *client.Event) {
-	key, err := userKey(ev.UserID)
+	key, err := s.store.key(ev.UserID)
 	if err != nil {
 		s.fail(ev, api.CodeBadRequest, "invalid user")
 		return
 	}
-	err = s.store.mutate(ctx, key, func(doc *userDoc, _ int64) (bool, error) {
-		if _, ok := doc.Timers[ev.DeviceID]; !ok {
+	var stopped record
+	err = s.store.mutate(ctx, key, func(doc *userDoc, now int64) (bool, error) {
+		stopped = record{}
+		old, ok := doc.Timers[ev.DeviceID]
+		if !ok {
 			return false, nil
+		}
+		if old.valid() && old.Deadline > now {
+			stopped = old
 		}
 		delete(doc.Timers, ev.DeviceID)
 		return true, nil
@@ -361,6 +475,9 @@ func (s *Service) stop(ctx context.Context, ev *client.Event) {
 		return
 	}
 	s.ack(ev, api.Status{Status: "ok"})
+	if stopped.Start != 0 {
+		s.publishEvent(ctx, subject.TimerStopped, ev.UserID, ev.DeviceID, stopped, api.TimerReasonStopped)
+	}
 }
 
 func (s *Service) list(ctx context.Context, ev *client.Event) {
@@ -383,7 +500,7 @@ func (s *Service) list(ctx context.Context, ev *client.Event) {
 
 // timers lists a user's running timers.
 func (s *Service) timers(ctx context.Context, uid string) ([]api.TimerInfo, error) {
-	key, err := userKey(uid)
+	key, err := s.store.key(uid)
 	if err != nil {
 		return nil, natsx.Errorf(api.CodeBadRequest, "invalid user")
 	}
@@ -433,8 +550,22 @@ func (s *Service) onConnected(m *nats.Msg) {
 
 // ---- removal of finished timers ----
 
-func (s *Service) enqueueRemoval(r removal) {
-	s.rpending.Add(1)
+// removal asks for a finished timer to be removed from KV, provided it still
+// has the same start (a replaced timer is left alone).
+type removal struct {
+	p        int
+	gen      uint64
+	uid, dev string
+	start    int64
+}
+
+// enqueueRemoval takes a timer whose edge left the edger: stored, it is
+// removed from KV; not stored, the partition's next holder completes it.
+func (s *Service) enqueueRemoval(r removal, stored bool) {
+	if !stored {
+		s.unfinished.Add(-1)
+		return
+	}
 	s.rmu.Lock()
 	s.rqueue = append(s.rqueue, r)
 	s.rmu.Unlock()
@@ -444,51 +575,61 @@ func (s *Service) enqueueRemoval(r removal) {
 	}
 }
 
+// removeLoop removes finished timers, retrying failures while this instance
+// still drives their partition.
 func (s *Service) removeLoop(ctx context.Context) {
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.rwake:
-		}
 		s.rmu.Lock()
 		batch := s.rqueue
 		s.rqueue = nil
 		s.rmu.Unlock()
+		if len(batch) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.rwake:
+			}
+			continue
+		}
+		var retry []removal
 		for _, r := range batch {
-			s.removeDone(r)
-			s.rpending.Add(-1)
+			err := s.removeDone(ctx, r)
+			if err != nil && s.ticker.live(r.p, r.gen) && ctx.Err() == nil {
+				retry = append(retry, r)
+				continue
+			}
+			if err != nil {
+				s.log.Warn("finished timer left to the next holder", "user", r.uid, "device", r.dev, "err", err)
+			}
+			s.unfinished.Add(-1)
+		}
+		if len(retry) > 0 {
+			s.log.Warn("removing finished timers failed, retrying", "count", len(retry))
+			s.rmu.Lock()
+			s.rqueue = append(retry, s.rqueue...)
+			s.rmu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(retryPause):
+			}
 		}
 	}
 }
 
 // removeDone deletes a finished timer from KV unless it was replaced.
-func (s *Service) removeDone(r removal) {
-	key, err := userKey(r.uid)
+func (s *Service) removeDone(ctx context.Context, r removal) error {
+	key, err := s.store.key(r.uid)
 	if err != nil {
-		return
+		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	err = s.store.mutate(ctx, key, func(doc *userDoc, _ int64) (bool, error) {
+	return s.store.mutate(ctx, key, func(doc *userDoc, _ int64) (bool, error) {
 		if rec, ok := doc.Timers[r.dev]; !ok || rec.Start != r.start {
 			return false, nil
 		}
 		delete(doc.Timers, r.dev)
 		return true, nil
 	})
-	if err != nil {
-		s.log.Error("remove finished timer", "user", r.uid, "device", r.dev, "err", err)
-	}
-}
-
-// flushRemovals waits until the finished timers are removed (bounded).
-func (s *Service) flushRemovals(timeout time.Duration) {
-	deadline := time.Now().Add(timeout)
-	for s.rpending.Load() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := s.rpending.Load(); n > 0 {
-		s.log.Warn("finished timers not yet removed at stop", "count", n)
-	}
 }

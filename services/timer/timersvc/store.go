@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -43,30 +44,88 @@ type userDoc struct {
 }
 
 const (
-	userKeyPrefix = "u."
-	leaseKey      = "lease"
+	timerKeyPrefix  = "t."
+	leaseKeyPrefix  = "lease."
+	memberKeyPrefix = "member."
+	metaKey         = "meta"
 	// casAttempts bounds the compare-and-set retries of one update.
 	casAttempts = 10
+	// markerTTL is how long the marker of a removed key stays in the bucket.
+	markerTTL = time.Minute
 )
 
-// userKey is the KV key of a user's timers. KV keys cannot hold the "~"
-// that marks an encoded subject token, so "=" (never part of a plain id
-// nor of base64url) stands in for it.
-func userKey(uid string) (string, error) {
+// userKey is the KV key of a user's timers: t.<partition>.<uid>. KV keys
+// cannot hold the "~" that marks an encoded subject token, so "=" (never
+// part of a plain id nor of base64url) stands in for it.
+func userKey(uid string, partitions int) (string, error) {
 	tok, err := subject.KeyToken(uid)
 	if err != nil {
 		return "", err
 	}
-	return userKeyPrefix + tok, nil
+	return timerKeyPrefix + strconv.Itoa(partitionOf(uid, partitions)) + "." + tok, nil
 }
+
+// partitionKeys matches the timer keys of one partition (a watch filter).
+func partitionKeys(p int) string { return timerKeyPrefix + strconv.Itoa(p) + ".>" }
+
+// leaseKey is the KV key of a partition's lease.
+func leaseKey(p int) string { return leaseKeyPrefix + strconv.Itoa(p) }
 
 // uidFromKey reverses userKey.
 func uidFromKey(key string) (string, error) {
-	tok, ok := strings.CutPrefix(key, userKeyPrefix)
+	rest, ok := strings.CutPrefix(key, timerKeyPrefix)
+	if !ok {
+		return "", fmt.Errorf("not a timer key: %q", key)
+	}
+	_, tok, ok := strings.Cut(rest, ".")
 	if !ok || tok == "" {
-		return "", fmt.Errorf("not a user key: %q", key)
+		return "", fmt.Errorf("not a timer key: %q", key)
 	}
 	return subject.IDFromKeyToken(tok)
+}
+
+// metaDoc is the value of the meta key: settings fixed at the bucket's
+// creation.
+type metaDoc struct {
+	Partitions int `json:"partitions"`
+}
+
+// openBucket creates or updates the timer bucket, asking for delete marker
+// TTLs (so removed keys vanish) and falling back to plain markers on servers
+// that lack them, and checks that the bucket's partition count is cfg's.
+func openBucket(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.KeyValue, time.Duration, error) {
+	kcfg := jetstream.KeyValueConfig{
+		Bucket:         cfg.Bucket,
+		Description:    "Switchboard timers, partition leases and timer instances",
+		History:        1,
+		Replicas:       cfg.Replicas,
+		LimitMarkerTTL: markerTTL,
+	}
+	ttl := markerTTL
+	kv, err := js.CreateOrUpdateKeyValue(ctx, kcfg)
+	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
+		kcfg.LimitMarkerTTL, ttl = 0, 0
+		kv, err = js.CreateOrUpdateKeyValue(ctx, kcfg)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("open bucket %s: %w", cfg.Bucket, err)
+	}
+	want, _ := json.Marshal(metaDoc{Partitions: cfg.Partitions})
+	if _, err := kv.Create(ctx, metaKey, want); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return nil, 0, fmt.Errorf("write %s: %w", metaKey, err)
+	}
+	e, err := kv.Get(ctx, metaKey)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read %s: %w", metaKey, err)
+	}
+	var meta metaDoc
+	if err := json.Unmarshal(e.Value(), &meta); err != nil {
+		return nil, 0, fmt.Errorf("read %s: %w", metaKey, err)
+	}
+	if meta.Partitions != cfg.Partitions {
+		return nil, 0, fmt.Errorf("bucket %s has %d partitions, partitions is set to %d: every instance must use the bucket's number (a new number needs a new bucket)", cfg.Bucket, meta.Partitions, cfg.Partitions)
+	}
+	return kv, ttl, nil
 }
 
 // errBusy is returned when compare-and-set kept conflicting.
@@ -89,9 +148,14 @@ func isConflict(err error) bool {
 
 // store reads and updates users' timers in KV.
 type store struct {
-	kv  jetstream.KeyValue
-	log *slog.Logger
+	kv         jetstream.KeyValue
+	log        *slog.Logger
+	partitions int
+	markerTTL  time.Duration // 0: plain delete markers
 }
+
+// key is the KV key of a user's timers.
+func (s *store) key(uid string) (string, error) { return userKey(uid, s.partitions) }
 
 // load returns the user's doc and its revision (0 when absent).
 func (s *store) load(ctx context.Context, key string) (userDoc, uint64, error) {
@@ -126,7 +190,11 @@ func (s *store) save(ctx context.Context, key string, doc userDoc, rev uint64) e
 		if rev == 0 {
 			return nil
 		}
-		return s.kv.Delete(ctx, key, jetstream.LastRevision(rev))
+		opts := []jetstream.KVDeleteOpt{jetstream.LastRevision(rev)}
+		if s.markerTTL > 0 {
+			opts = append(opts, jetstream.PurgeTTL(s.markerTTL))
+		}
+		return s.kv.Purge(ctx, key, opts...)
 	}
 	data, err := json.Marshal(doc)
 	if err != nil {

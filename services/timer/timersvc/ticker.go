@@ -2,6 +2,7 @@ package timersvc
 
 import (
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -9,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
-	"github.com/switchboard-rt/switchboard/pkg/client"
 	"github.com/switchboard-rt/switchboard/pkg/sched"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
@@ -24,38 +24,55 @@ var _ msgPublisher = (*nats.Conn)(nil)
 // tkey identifies a timer: one per device of a user.
 type tkey struct{ uid, dev string }
 
-// tstate is a timer driven by the lease holder.
+// tstate is a timer driven by this instance.
 type tstate struct {
 	rec  record
 	next int    // the next tick value to send
 	subj string // the device's delivery subject
+	p    int
+	// loadedDone: the timer was past its deadline when this term first saw
+	// it, so an earlier holder may have sent its edge already.
+	loadedDone bool
 }
 
-// removal asks for a finished timer to be removed from KV, provided it still
-// has the same start (a replaced timer is left alone).
-type removal struct {
-	uid, dev string
-	start    int64
+// edge is a timer that reached 0: its `0` tick and `timerDone` go out
+// through the events stream (exactly once), then it is removed from KV.
+type edge struct {
+	p          int
+	gen        uint64
+	uid, dev   string
+	rec        record
+	loadedDone bool
 }
 
-// ticker is the lease holder's in-memory index of every timer, driven by one
-// scheduler: the timer's next tick value r is due at deadline - r seconds.
-type ticker struct {
-	log    *slog.Logger
-	pub    msgPublisher
-	sched  *sched.Scheduler[tkey]
-	remove func(removal) // must not block
-
-	mu     sync.Mutex
-	active bool   // this instance holds the lease
-	gen    uint64 // bumped on every activation and deactivation
-	sent   int64  // ticks due up to here (Unix ms) were sent by the previous holder
-	fired  int64  // every tick due up to here (Unix ms) was sent in this term
-	users  map[string]map[string]*tstate
-	// done holds timers that sent tick 0 and timerDone but may still be in
-	// KV (start by device by user), so a stale watch update cannot revive
-	// them.
+// part is the ticker's state of one partition this instance drives.
+type part struct {
+	gen uint64
+	// until fences the term: no tick of the partition is published at or
+	// after it (a monotonic reading; the lease can pass to another instance
+	// only later). Extended by each renewal.
+	until time.Time
+	sent  int64 // ticks due up to here (Unix ms) were sent by the previous holder
+	fired int64 // every tick due up to here (Unix ms) was sent in this term
+	users map[string]map[string]*tstate
+	// done holds timers that reached their edge but may still be in KV
+	// (start by device by user), so a stale watch update cannot revive them.
 	done map[string]map[string]int64
+}
+
+// ticker is this instance's in-memory index of the timers of the partitions
+// it drives, served by one scheduler: a timer's next tick value r is due at
+// deadline - r seconds.
+type ticker struct {
+	log   *slog.Logger
+	pub   msgPublisher
+	sched *sched.Scheduler[tkey]
+	nparts int
+	edge  func(edge) // must not block
+
+	mu    sync.Mutex
+	gen   uint64 // bumped on every activation
+	parts map[int]*part
 	// Since the last report: publish failures, ticks sent late.
 	pubErrs int
 	lastErr error
@@ -66,99 +83,129 @@ type ticker struct {
 // lateTick is the delay past its due time from which a tick counts as late.
 const lateTick = 250 * time.Millisecond
 
-func newTicker(log *slog.Logger, pub msgPublisher, remove func(removal)) *ticker {
-	t := &ticker{
-		log:    log,
-		pub:    pub,
-		remove: remove,
-		users:  map[string]map[string]*tstate{},
-		done:   map[string]map[string]int64{},
-	}
+// tickHeader is the header of every tick delivery (shared, never modified).
+var tickHeader = nats.Header{api.HeaderEvent: []string{api.EventTick}}
+
+func newTicker(log *slog.Logger, pub msgPublisher, partitions int, edge func(edge)) *ticker {
+	t := &ticker{log: log, pub: pub, nparts: partitions, edge: edge, parts: map[int]*part{}}
 	t.sched = sched.New(t.fire)
 	return t
 }
 
-// activate starts a term as lease holder and returns its generation. Ticks
-// due at or before sent (Unix ms) were sent by the previous holder.
-func (t *ticker) activate(sent int64) uint64 {
+// activate starts driving partition p until until (monotonic) and returns
+// the term's generation. Ticks due at or before sent (Unix ms) were sent by
+// the previous holder.
+func (t *ticker) activate(p int, sent int64, until time.Time) uint64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.gen++
-	t.active = true
-	t.sent = sent
-	t.fired = 0
+	t.dropLocked(p)
+	t.parts[p] = &part{gen: t.gen, until: until, sent: sent, users: map[string]map[string]*tstate{}, done: map[string]map[string]int64{}}
 	return t.gen
 }
 
-// firedThrough is the latest due time (Unix ms) up to which every tick was
-// sent: the scheduler fires in due order.
-func (t *ticker) firedThrough() int64 {
+// extend moves the fence of p's term gen to until. It fails when the term
+// is over or its fence has passed already: ticks may have been skipped, so
+// the term must end.
+func (t *ticker) extend(p int, gen uint64, until time.Time) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.fired
+	ps := t.parts[p]
+	if ps == nil || ps.gen != gen || !time.Now().Before(ps.until) {
+		return false
+	}
+	ps.until = until
+	return true
 }
 
-// deactivate ends the term: no tick is sent after it returns.
-func (t *ticker) deactivate() {
+// live reports whether p's term gen is on and its fence not passed.
+func (t *ticker) live(p int, gen uint64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.gen++
-	t.active = false
-	for uid, devs := range t.users {
+	ps := t.parts[p]
+	return ps != nil && ps.gen == gen && time.Now().Before(ps.until)
+}
+
+// deactivate stops driving p: no tick of it is sent after it returns. It
+// returns the due time (Unix ms) up to which every tick of p was sent.
+func (t *ticker) deactivate(p int) int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ps := t.parts[p]
+	if ps == nil {
+		return 0
+	}
+	t.dropLocked(p)
+	return max(ps.fired, ps.sent)
+}
+
+func (t *ticker) dropLocked(p int) {
+	ps := t.parts[p]
+	if ps == nil {
+		return
+	}
+	for uid, devs := range ps.users {
 		for dev := range devs {
 			t.sched.Cancel(tkey{uid, dev})
 		}
 	}
-	clear(t.users)
-	clear(t.done)
+	delete(t.parts, p)
 }
 
-// count is the number of timers being driven.
-func (t *ticker) count() int {
+// owned lists the partitions being driven and the number of their timers.
+func (t *ticker) owned() ([]int, int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	ps := make([]int, 0, len(t.parts))
 	n := 0
-	for _, devs := range t.users {
-		n += len(devs)
+	for p, part := range t.parts {
+		ps = append(ps, p)
+		for _, devs := range part.users {
+			n += len(devs)
+		}
 	}
-	return n
+	slices.Sort(ps)
+	return ps, n
 }
 
-// apply brings the index of uid in line with doc, the user's value in KV
-// (nil when the key was deleted). New and replaced timers send their current
-// tick at once; removed ones stop.
-func (t *ticker) apply(gen uint64, uid string, doc *userDoc, now time.Time) {
+// apply brings the index of uid (in partition p, term gen) in line with doc,
+// the user's value in KV (nil when the key was removed). New and replaced
+// timers send their current tick at once, unless the previous holder sent
+// it; removed ones stop.
+func (t *ticker) apply(p int, gen uint64, uid string, doc *userDoc, now time.Time) {
 	var timers map[string]record
 	if doc != nil {
 		timers = doc.Timers
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if !t.active || gen != t.gen {
+	ps := t.parts[p]
+	if ps == nil || ps.gen != gen {
 		return
 	}
-	devs := t.users[uid]
+	devs := ps.users[uid]
 	for dev, st := range devs {
 		if rec, ok := timers[dev]; !ok || rec != st.rec {
 			t.sched.Cancel(tkey{uid, dev})
 			delete(devs, dev)
 		}
 	}
-	if done := t.done[uid]; done != nil {
+	if done := ps.done[uid]; done != nil {
 		for dev, start := range done {
 			if rec, ok := timers[dev]; !ok || rec.Start != start {
 				delete(done, dev) // its removal has been seen
 			}
 		}
 		if len(done) == 0 {
-			delete(t.done, uid)
+			delete(ps.done, uid)
 		}
 	}
+	nowMs := now.UnixMilli()
 	for dev, rec := range timers {
 		if _, ok := devs[dev]; ok {
 			continue // unchanged, already running
 		}
-		if start, ok := t.done[uid][dev]; ok && start == rec.Start {
+		if start, ok := ps.done[uid][dev]; ok && start == rec.Start {
 			continue // finished, its removal is on the way
 		}
 		if !rec.valid() {
@@ -172,12 +219,20 @@ func (t *ticker) apply(gen uint64, uid string, doc *userDoc, now time.Time) {
 		}
 		if devs == nil {
 			devs = map[string]*tstate{}
-			t.users[uid] = devs
+			ps.users[uid] = devs
 		}
-		st := &tstate{rec: rec, next: rec.remaining(now.UnixMilli()), subj: subj}
+		st := &tstate{rec: rec, next: rec.remaining(nowMs), subj: subj, p: p}
 		devs[dev] = st
-		if grid := rec.Deadline - int64(st.next)*1000; st.next > 0 && grid <= t.sent {
-			// The previous holder sent this value: go on with the next one.
+		if st.next == 0 {
+			// Past its deadline when first seen: an earlier holder may
+			// have sent its edge already (the edge path checks).
+			st.loadedDone = true
+			t.sched.Set(tkey{uid, dev}, now)
+			continue
+		}
+		if grid := rec.Deadline - int64(st.next)*1000; grid <= ps.sent {
+			// The previous holder may have sent this value: go on with the
+			// next one on the grid.
 			st.next--
 			t.sched.Set(tkey{uid, dev}, time.UnixMilli(rec.Deadline-int64(st.next)*1000))
 			continue
@@ -185,64 +240,66 @@ func (t *ticker) apply(gen uint64, uid string, doc *userDoc, now time.Time) {
 		t.sched.Set(tkey{uid, dev}, now) // current tick at once
 	}
 	if len(devs) == 0 {
-		delete(t.users, uid)
+		delete(ps.users, uid)
 	}
 }
 
-// fire sends a timer's due tick and schedules the next one; after tick 0 it
-// sends timerDone and asks for the timer's removal.
+// fire sends a timer's due tick and schedules the next one; at 0 it hands
+// the timer to the edge path.
 func (t *ticker) fire(k tkey, due time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if !t.active {
+	ps := t.parts[partitionOf(k.uid, t.nparts)]
+	if ps == nil {
 		return
 	}
-	st := t.users[k.uid][k.dev]
+	st := ps.users[k.uid][k.dev]
 	if st == nil {
 		return
 	}
-	if late := time.Since(due); late > lateTick {
+	now := time.Now()
+	if !now.Before(ps.until) {
+		return // fenced: the lease may be someone else's by now
+	}
+	if late := now.Sub(due); late > lateTick {
 		t.late++
 		t.maxLate = max(t.maxLate, late)
 	}
 	// Ticks fire in due order, so every tick due before this one was sent.
-	// (Another timer's tick due in the very same millisecond could still be
-	// pending if the term ends right now; the next holder would then skip
-	// that one tick.)
-	t.fired = max(t.fired, due.UnixMilli())
+	ps.fired = max(ps.fired, due.UnixMilli())
 	// Normally the due value; after a stall of more than a second the
 	// missed ticks are skipped rather than sent in a burst.
-	r := min(st.next, st.rec.remaining(time.Now().UnixMilli()))
-	t.publish(st.subj, api.EventTick, tickPayload(r))
+	r := min(st.next, st.rec.remaining(now.UnixMilli()))
 	if r > 0 {
+		t.publish(&nats.Msg{Subject: st.subj, Header: tickHeader, Data: tickPayload(r)})
 		st.next = r - 1
 		t.sched.Set(k, time.UnixMilli(st.rec.Deadline-int64(st.next)*1000))
 		return
 	}
-	t.publish(st.subj, api.EventTimerDone, api.TimerDone{Timer: 0, DeviceID: k.dev, Dur: st.rec.Dur})
-	devs := t.users[k.uid]
+	devs := ps.users[k.uid]
 	delete(devs, k.dev)
 	if len(devs) == 0 {
-		delete(t.users, k.uid)
+		delete(ps.users, k.uid)
 	}
-	done := t.done[k.uid]
+	done := ps.done[k.uid]
 	if done == nil {
 		done = map[string]int64{}
-		t.done[k.uid] = done
+		ps.done[k.uid] = done
 	}
 	done[k.dev] = st.rec.Start
-	t.remove(removal{uid: k.uid, dev: k.dev, start: st.rec.Start})
+	t.edge(edge{p: st.p, gen: ps.gen, uid: k.uid, dev: k.dev, rec: st.rec, loadedDone: st.loadedDone})
 }
 
 // current returns the tick value a device that just connected should see,
-// if it has a running timer.
+// if this instance drives its running timer.
 func (t *ticker) current(uid, dev string) (int, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if !t.active {
+	ps := t.parts[partitionOf(uid, t.nparts)]
+	if ps == nil || !time.Now().Before(ps.until) {
 		return 0, false
 	}
-	st := t.users[uid][dev]
+	st := ps.users[uid][dev]
 	if st == nil {
 		return 0, false
 	}
@@ -254,12 +311,8 @@ func (t *ticker) current(uid, dev string) (int, bool) {
 }
 
 // publish sends one delivery; t.mu is held.
-func (t *ticker) publish(subj, event string, payload any) {
-	m, err := client.DeliveryMsg(subj, event, payload)
-	if err == nil {
-		err = t.pub.PublishMsg(m)
-	}
-	if err != nil {
+func (t *ticker) publish(m *nats.Msg) {
+	if err := t.pub.PublishMsg(m); err != nil {
 		t.pubErrs++
 		t.lastErr = err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -74,11 +75,14 @@ func TestParseDur(t *testing.T) {
 func TestUserKey(t *testing.T) {
 	t.Parallel()
 	for _, uid := range []string{"alice", "a.b", "user@example.com", "~x", "=x", "*", ">", "a b", strings.Repeat("x", 200), "ünïcode"} {
-		key, err := userKey(uid)
+		key, err := userKey(uid, 64)
 		if err != nil {
 			t.Fatalf("userKey(%q): %v", uid, err)
 		}
-		if strings.Count(key, ".") != 1 || strings.ContainsAny(key, "*> ~") {
+		if want := fmt.Sprintf("t.%d.", partitionOf(uid, 64)); !strings.HasPrefix(key, want) {
+			t.Errorf("userKey(%q) = %q, want prefix %q", uid, key, want)
+		}
+		if strings.Count(key, ".") != 2 || strings.ContainsAny(key, "*> ~") {
 			t.Errorf("userKey(%q) = %q: not one safe token", uid, key)
 		}
 		back, err := uidFromKey(key)
@@ -86,10 +90,10 @@ func TestUserKey(t *testing.T) {
 			t.Errorf("uidFromKey(%q) = %q, %v; want %q", key, back, err, uid)
 		}
 	}
-	if _, err := userKey(""); err == nil {
+	if _, err := userKey("", 64); err == nil {
 		t.Error("empty uid accepted")
 	}
-	for _, key := range []string{"lease", "u.", "u.~YWxpY2U", "u.=YWxpY2U", "u.a.b"} {
+	for _, key := range []string{"lease.1", "t.", "t.1", "t.1.", "t.1.~YWxpY2U", "u.alice", "t.1.a.b"} {
 		if uid, err := uidFromKey(key); err == nil {
 			t.Errorf("uidFromKey(%q) = %q, want error", key, uid)
 		}
@@ -104,7 +108,12 @@ func TestConfigRefused(t *testing.T) {
 		"bad bucket":    func(c *Config) { c.Bucket = "a.b" },
 		"no bucket":     func(c *Config) { c.Bucket = "" },
 		"replicas":      func(c *Config) { c.Replicas = 0 },
-		"short lease":   func(c *Config) { c.LeaseTTL = 10 * time.Millisecond },
+		"short lease":   func(c *Config) { c.LeaseTTL = 2 * c.LeaseRenew },
+		"fast renew":    func(c *Config) { c.LeaseRenew = time.Millisecond },
+		"partitions":    func(c *Config) { c.Partitions = 0 },
+		"many parts":    func(c *Config) { c.Partitions = MaxPartitions + 1 },
+		"bad stream":    func(c *Config) { c.EventsStream = "a b" },
+		"short dedup":   func(c *Config) { c.DedupWindow = time.Second },
 		"long instance": func(c *Config) { c.Instance = strings.Repeat("i", 129) },
 	}
 	for name, mod := range tests {
@@ -132,7 +141,7 @@ func TestCountdown(t *testing.T) {
 	if got := e.timers(t, w); len(got) != 0 {
 		t.Fatalf("timers after done: %+v", got)
 	}
-	key, _ := userKey(w.uid)
+	key, _ := userKey(w.uid, testConfig().Partitions)
 	js, _ := jetstream.New(e.nc)
 	kv, err := js.KeyValue(context.Background(), DefaultConfig().Bucket)
 	if err != nil {
