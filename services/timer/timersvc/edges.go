@@ -78,7 +78,7 @@ func timerEventMsg(kind, uid, dev string, rec record, reason string) (*nats.Msg,
 	m := nats.NewMsg(subj)
 	m.Header.Set(api.HeaderEvent, timerEventNames[kind])
 	m.Header.Set(headerTimerStart, strconv.FormatInt(rec.Start, 10))
-	m.Header.Set(jetstream.MsgIDHeader, msgID(uid, dev, rec.Start, kind))
+	m.Header.Set(jetstream.MsgIDHeader, msgID(uid, dev, rec.Start, "event-"+kind))
 	m.Data = body
 	return m, nil
 }
@@ -91,9 +91,9 @@ var timerEventNames = map[string]string{
 
 // The phases of an edge, in the order they are stored.
 const (
-	phaseTick = iota // the `0` tick to the device
-	phaseDone        // `timerDone` to the device
-	phaseEvent       // the timerDone event for backend services
+	phaseTick  = iota // the `0` tick to the device
+	phaseDone         // `timerDone` to the device
+	phaseEvent        // the timerDone event for backend services
 	phases
 )
 
@@ -110,12 +110,12 @@ func edgeMsg(x edge, phase int) (*nats.Msg, error) {
 	m.Header.Set(headerTimerStart, strconv.FormatInt(x.rec.Start, 10))
 	if phase == phaseTick {
 		m.Header.Set(api.HeaderEvent, api.EventTick)
-		m.Header.Set(jetstream.MsgIDHeader, msgID(x.uid, x.dev, x.rec.Start, "tick0"))
+		m.Header.Set(jetstream.MsgIDHeader, msgID(x.uid, x.dev, x.rec.Start, "edge-tick0"))
 		m.Data = tickPayload(0)
 		return m, nil
 	}
 	m.Header.Set(api.HeaderEvent, api.EventTimerDone)
-	m.Header.Set(jetstream.MsgIDHeader, msgID(x.uid, x.dev, x.rec.Start, "done"))
+	m.Header.Set(jetstream.MsgIDHeader, msgID(x.uid, x.dev, x.rec.Start, "edge-done"))
 	m.Data, err = json.Marshal(api.TimerDone{Timer: 0, DeviceID: x.dev, Dur: x.rec.Dur})
 	return m, err
 }

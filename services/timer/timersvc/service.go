@@ -431,11 +431,13 @@ func (s *Service) start(ctx context.Context, ev *client.Event) {
 		s.storeFailed(ev, err)
 	default:
 		s.log.Debug("timer started", "user", ev.UserID, "device", ev.DeviceID, "dur", dur)
-		s.ack(ev, api.TimerStartAck{Status: "ok", Timer: dur})
+		// Events first: a device's events are stored in the order its
+		// client saw the acks.
 		if replaced.Start != 0 {
 			s.publishEvent(ctx, subject.TimerStopped, ev.UserID, ev.DeviceID, replaced, api.TimerReasonReplaced)
 		}
 		s.publishEvent(ctx, subject.TimerStarted, ev.UserID, ev.DeviceID, started, "")
+		s.ack(ev, api.TimerStartAck{Status: "ok", Timer: dur})
 	}
 }
 
@@ -474,10 +476,10 @@ func (s *Service) stop(ctx context.Context, ev *client.Event) {
 		s.storeFailed(ev, err)
 		return
 	}
-	s.ack(ev, api.Status{Status: "ok"})
 	if stopped.Start != 0 {
 		s.publishEvent(ctx, subject.TimerStopped, ev.UserID, ev.DeviceID, stopped, api.TimerReasonStopped)
 	}
+	s.ack(ev, api.Status{Status: "ok"})
 }
 
 func (s *Service) list(ctx context.Context, ev *client.Event) {

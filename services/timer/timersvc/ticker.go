@@ -64,11 +64,11 @@ type part struct {
 // it drives, served by one scheduler: a timer's next tick value r is due at
 // deadline - r seconds.
 type ticker struct {
-	log   *slog.Logger
-	pub   msgPublisher
-	sched *sched.Scheduler[tkey]
+	log    *slog.Logger
+	pub    msgPublisher
+	sched  *sched.Scheduler[tkey]
 	nparts int
-	edge  func(edge) // must not block
+	edge   func(edge) // must not block
 
 	mu    sync.Mutex
 	gen   uint64 // bumped on every activation
