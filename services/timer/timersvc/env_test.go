@@ -118,7 +118,7 @@ func waitCovered(t *testing.T, within time.Duration, n int, svcs ...*Service) {
 // owner returns the instance of svcs driving uid's partition.
 func owner(t *testing.T, n int, uid string, svcs ...*Service) *Service {
 	t.Helper()
-	p := partitionOf(uid, n)
+	p := PartitionOf(uid, n)
 	for _, s := range svcs {
 		if slices.Contains(s.Status().Partitions, p) {
 			return s

@@ -145,7 +145,7 @@ func TestLeaseLostStopsTicking(t *testing.T) {
 
 	kv := e.kv(t, cfg)
 	intruder, _ := json.Marshal(leaseDoc{Instance: "intruder", Holder: "intruder", TTL: 1000})
-	p := partitionOf(w.uid, cfg.Partitions)
+	p := PartitionOf(w.uid, cfg.Partitions)
 	if _, err := kv.Put(context.Background(), leaseKey(p), intruder); err != nil {
 		t.Fatal(err)
 	}

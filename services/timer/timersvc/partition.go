@@ -6,8 +6,9 @@ import (
 	"strconv"
 )
 
-// partitionOf is the partition of a user's timers.
-func partitionOf(uid string, partitions int) int {
+// PartitionOf is the partition of a user's timers: FNV-1a of the user id
+// modulo the number of partitions.
+func PartitionOf(uid string, partitions int) int {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(uid))
 	return int(h.Sum32() % uint32(partitions))

@@ -62,7 +62,7 @@ func userKey(uid string, partitions int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return timerKeyPrefix + strconv.Itoa(partitionOf(uid, partitions)) + "." + tok, nil
+	return timerKeyPrefix + strconv.Itoa(PartitionOf(uid, partitions)) + "." + tok, nil
 }
 
 // partitionKeys matches the timer keys of one partition (a watch filter).

@@ -249,7 +249,7 @@ func (t *ticker) apply(p int, gen uint64, uid string, doc *userDoc, now time.Tim
 func (t *ticker) fire(k tkey, due time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	ps := t.parts[partitionOf(k.uid, t.nparts)]
+	ps := t.parts[PartitionOf(k.uid, t.nparts)]
 	if ps == nil {
 		return
 	}
@@ -295,7 +295,7 @@ func (t *ticker) fire(k tkey, due time.Time) {
 func (t *ticker) current(uid, dev string) (int, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	ps := t.parts[partitionOf(uid, t.nparts)]
+	ps := t.parts[PartitionOf(uid, t.nparts)]
 	if ps == nil || !time.Now().Before(ps.until) {
 		return 0, false
 	}

@@ -79,7 +79,7 @@ func TestUserKey(t *testing.T) {
 		if err != nil {
 			t.Fatalf("userKey(%q): %v", uid, err)
 		}
-		if want := fmt.Sprintf("t.%d.", partitionOf(uid, 64)); !strings.HasPrefix(key, want) {
+		if want := fmt.Sprintf("t.%d.", PartitionOf(uid, 64)); !strings.HasPrefix(key, want) {
 			t.Errorf("userKey(%q) = %q, want prefix %q", uid, key, want)
 		}
 		if strings.Count(key, ".") != 2 || strings.ContainsAny(key, "*> ~") {
