@@ -212,7 +212,11 @@ func respondErr(log *slog.Logger, r micro.Request, err error) {
 	if r.Reply() == "" {
 		return
 	}
-	if rerr := r.Error(strconv.Itoa(code), msg, nil); rerr != nil {
+	// r.Respond with the error headers rather than r.Error: Handle serves
+	// requests on goroutines of its own, and micro reads what r.Error
+	// records once the handler has returned (a data race).
+	hdr := micro.Headers{micro.ErrorHeader: {msg}, micro.ErrorCodeHeader: {strconv.Itoa(code)}}
+	if rerr := r.Respond(nil, micro.WithHeaders(hdr)); rerr != nil {
 		log.Debug("respond", "subject", r.Subject(), "err", rerr)
 	}
 }
