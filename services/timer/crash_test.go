@@ -309,6 +309,11 @@ func makeDevices(users, perUser, minDur, spanDur int) []*device {
 // window is a stretch of time in which ticks may be missing (a failover).
 type window struct{ from, to time.Time }
 
+// failureWindow is the stretch around a failure at at in which ticks may be
+// missing: from lateTol before it (a tick due just before the failure may
+// not have left yet) to the failover promise after it.
+func failureWindow(at time.Time) window { return window{at.Add(-lateTol), at.Add(failover)} }
+
 // earlyTol is how early a tick may arrive before its due time (clock
 // reading in two processes); lateTol how late a tick may be outside
 // failover windows.
@@ -481,7 +486,7 @@ func TestKill9(t *testing.T) {
 	fail := func(what string, k *child, sig syscall.Signal) {
 		at := time.Now()
 		c.signal(k, sig)
-		windows = append(windows, window{at, at.Add(failover)})
+		windows = append(windows, failureWindow(at))
 		t.Logf("%s: %s of %s at %s", what, sig, k.name, at.Format("15:04:05.000"))
 	}
 	// Mid-countdown.
@@ -511,7 +516,7 @@ func TestKill9(t *testing.T) {
 		c.signal(k, syscall.SIGSTOP)
 		time.Sleep(3 * time.Second)
 		c.signal(k, syscall.SIGCONT)
-		windows = append(windows, window{at, at.Add(failover)})
+		windows = append(windows, failureWindow(at))
 		t.Logf("paused %s for 3 s at %s", k.name, at.Format("15:04:05.000"))
 	}
 	waitDeadlines(devs, 3*time.Second)
@@ -562,7 +567,7 @@ func TestRestartAll(t *testing.T) {
 		// Restarting processes take their own time: the window runs from
 		// the stop to the takeover plus the failover promise.
 		c.waitCovered(15 * time.Second)
-		windows = append(windows, window{at, time.Now().Add(failover)})
+		windows = append(windows, window{at.Add(-lateTol), time.Now().Add(failover)})
 		t.Logf("%s of every instance at %s, all partitions driven again after %s", sig, at.Format("15:04:05.000"), time.Since(at).Round(time.Millisecond))
 	}
 	waitDeadlines(devs, 3*time.Second)
