@@ -153,13 +153,6 @@ func (e *edger) push(x edge) {
 	}
 }
 
-// pending is the number of queued edges.
-func (e *edger) pending() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return len(e.queue)
-}
-
 func (e *edger) run(ctx context.Context) {
 	for {
 		e.mu.Lock()
