@@ -41,8 +41,8 @@ func TestBucketConfig(t *testing.T) {
 	cfg := testConfig()
 	cfg.Bucket = "custom_presence"
 	s := startSvc(t, nc, cfg)
-	if s.markerTTL != markerTTL {
-		t.Errorf("delete marker TTL %s, want %s", s.markerTTL, markerTTL)
+	if s.markerTTL != natsx.MarkerTTL {
+		t.Errorf("delete marker TTL %s, want %s", s.markerTTL, natsx.MarkerTTL)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()

@@ -15,9 +15,6 @@ import (
 )
 
 const (
-	// markerTTL is how long a delete marker of a removed key stays in the
-	// bucket; afterwards the key leaves no trace.
-	markerTTL = time.Minute
 	// casAttempts bounds the compare-and-set retries of one change.
 	casAttempts = 32
 	// casBackoff is the largest jittered pause between two attempts.
@@ -29,43 +26,24 @@ type userValue struct {
 	Conns []api.Conn `json:"conns"`
 }
 
-// openBucket creates or updates the presence bucket. It asks for delete
-// marker TTLs (so removed keys vanish) and falls back to plain delete markers
-// on servers that lack them; the second result says which one is in use.
+// openBucket creates or updates the presence bucket, with self-expiring
+// delete markers where the server has them; the second result is their TTL.
 func openBucket(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.KeyValue, time.Duration, error) {
-	kcfg := jetstream.KeyValueConfig{
-		Bucket:         cfg.Bucket,
-		Description:    "Switchboard presence: live connections per user",
-		History:        1,
-		Replicas:       cfg.Replicas,
-		LimitMarkerTTL: markerTTL,
-	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, kcfg)
-	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
-		kcfg.LimitMarkerTTL = 0
-		kv, err = js.CreateOrUpdateKeyValue(ctx, kcfg)
-		if err != nil {
-			return nil, 0, fmt.Errorf("open bucket %s: %w", cfg.Bucket, err)
-		}
-		return kv, 0, nil
-	}
+	kv, ttl, err := natsx.OpenKV(ctx, js, jetstream.KeyValueConfig{
+		Bucket:      cfg.Bucket,
+		Description: "Switchboard presence: live connections per user",
+		History:     1,
+		Replicas:    cfg.Replicas,
+	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("open bucket %s: %w", cfg.Bucket, err)
 	}
-	return kv, markerTTL, nil
+	return kv, ttl, nil
 }
 
 // isConflict reports whether err is a failed compare-and-set (the key
 // changed, or was created, since it was read).
-func isConflict(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) &&
-		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
-}
+var isConflict = natsx.IsConflict
 
 // kvOperation is the header that marks a KV delete or purge marker.
 const kvOperation = "KV-Operation"
@@ -118,10 +96,7 @@ func (s *Service) store(ctx context.Context, key string, conns []api.Conn, rev u
 
 // remove purges key (with a self-expiring marker when the bucket allows).
 func (s *Service) remove(ctx context.Context, key string, opts ...jetstream.KVDeleteOpt) error {
-	if s.markerTTL > 0 {
-		opts = append(opts, jetstream.PurgeTTL(s.markerTTL))
-	}
-	return s.kv.Purge(ctx, key, opts...)
+	return s.kv.Purge(ctx, key, natsx.PurgeOpts(s.markerTTL, opts...)...)
 }
 
 // changeFunc computes a user's new connection list from the current one. It

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
 )
 
 // leaseDoc is the value of a partition's lease key.
@@ -450,7 +452,7 @@ func (c *coordinator) purgeStaleMembers(v view, now time.Time) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.LeaseRenew)
-		err := c.kv.Purge(ctx, memberKeyPrefix+id, c.purgeOpts(jetstream.LastRevision(s.rev))...)
+		err := c.kv.Purge(ctx, memberKeyPrefix+id, natsx.PurgeOpts(c.markerTTL, jetstream.LastRevision(s.rev))...)
 		cancel()
 		if err != nil && !isConflict(err) {
 			c.log.Debug("purge stale member", "member", id, "err", err)
@@ -469,7 +471,7 @@ func (c *coordinator) leave() {
 	c.driver.flush()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	if err := c.kv.Purge(ctx, memberKeyPrefix+c.holder, c.purgeOpts()...); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	if err := c.kv.Purge(ctx, memberKeyPrefix+c.holder, natsx.PurgeOpts(c.markerTTL)...); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		c.log.Debug("leave membership", "err", err)
 	}
 	for p, h := range c.held {
@@ -478,11 +480,4 @@ func (c *coordinator) leave() {
 		c.release(p, h.rev, max(sent[p], 1))
 		c.log.Info("partition lease released", "partition", p, "reason", "stopping")
 	}
-}
-
-func (c *coordinator) purgeOpts(opts ...jetstream.KVDeleteOpt) []jetstream.KVDeleteOpt {
-	if c.markerTTL > 0 {
-		opts = append(opts, jetstream.PurgeTTL(c.markerTTL))
-	}
-	return opts
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
 
@@ -50,8 +51,6 @@ const (
 	metaKey         = "meta"
 	// casAttempts bounds the compare-and-set retries of one update.
 	casAttempts = 10
-	// markerTTL is how long the marker of a removed key stays in the bucket.
-	markerTTL = time.Minute
 )
 
 // userKey is the KV key of a user's timers: t.<partition>.<uid>. KV keys
@@ -90,23 +89,16 @@ type metaDoc struct {
 	Partitions int `json:"partitions"`
 }
 
-// openBucket creates or updates the timer bucket, asking for delete marker
-// TTLs (so removed keys vanish) and falling back to plain markers on servers
-// that lack them, and checks that the bucket's partition count is cfg's.
+// openBucket creates or updates the timer bucket (with self-expiring delete
+// markers where the server has them; the second result is their TTL) and
+// checks that the bucket's partition count is cfg's.
 func openBucket(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.KeyValue, time.Duration, error) {
-	kcfg := jetstream.KeyValueConfig{
-		Bucket:         cfg.Bucket,
-		Description:    "Switchboard timers, partition leases and timer instances",
-		History:        1,
-		Replicas:       cfg.Replicas,
-		LimitMarkerTTL: markerTTL,
-	}
-	ttl := markerTTL
-	kv, err := js.CreateOrUpdateKeyValue(ctx, kcfg)
-	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
-		kcfg.LimitMarkerTTL, ttl = 0, 0
-		kv, err = js.CreateOrUpdateKeyValue(ctx, kcfg)
-	}
+	kv, ttl, err := natsx.OpenKV(ctx, js, jetstream.KeyValueConfig{
+		Bucket:      cfg.Bucket,
+		Description: "Switchboard timers, partition leases and timer instances",
+		History:     1,
+		Replicas:    cfg.Replicas,
+	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("open bucket %s: %w", cfg.Bucket, err)
 	}
@@ -131,20 +123,8 @@ func openBucket(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstr
 // errBusy is returned when compare-and-set kept conflicting.
 var errBusy = errors.New("too many concurrent updates")
 
-// isConflict reports a failed compare-and-set (create of an existing key,
-// update or delete with a stale revision).
-func isConflict(err error) bool {
-	if err == nil {
-		return false
-	}
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) &&
-		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
-}
+// isConflict reports a failed compare-and-set.
+var isConflict = natsx.IsConflict
 
 // store reads and updates users' timers in KV.
 type store struct {
@@ -190,11 +170,7 @@ func (s *store) save(ctx context.Context, key string, doc userDoc, rev uint64) e
 		if rev == 0 {
 			return nil
 		}
-		opts := []jetstream.KVDeleteOpt{jetstream.LastRevision(rev)}
-		if s.markerTTL > 0 {
-			opts = append(opts, jetstream.PurgeTTL(s.markerTTL))
-		}
-		return s.kv.Purge(ctx, key, opts...)
+		return s.kv.Purge(ctx, key, natsx.PurgeOpts(s.markerTTL, jetstream.LastRevision(rev))...)
 	}
 	data, err := json.Marshal(doc)
 	if err != nil {
