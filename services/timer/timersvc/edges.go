@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -23,9 +22,6 @@ const headerTimerStart = "Sb-Timer-Start"
 
 // edgeTimeout bounds one round of edge publishes (each phase of a batch).
 const edgeTimeout = 5 * time.Second
-
-// retryPause is the pause before a failed edge or removal is tried again.
-const retryPause = 200 * time.Millisecond
 
 // openStream creates or updates the timer events stream: edges on
 // sb.timer.edge.<uid>.<device>, republished by the server to the device's
@@ -133,52 +129,17 @@ type edger struct {
 	// partition has another holder). It must not block.
 	done func(r removal, stored bool)
 
-	mu    sync.Mutex
-	queue []edge
-	wake  chan struct{}
+	queue *retryQueue[edge]
 }
 
 func newEdger(log *slog.Logger, js jetstream.JetStream, stream jetstream.Stream, live func(int, uint64) bool, done func(removal, bool)) *edger {
-	return &edger{log: log, js: js, stream: stream, live: live, done: done, wake: make(chan struct{}, 1)}
+	return &edger{log: log, js: js, stream: stream, live: live, done: done, queue: newRetryQueue[edge]()}
 }
 
 // push queues an edge; it does not block.
-func (e *edger) push(x edge) {
-	e.mu.Lock()
-	e.queue = append(e.queue, x)
-	e.mu.Unlock()
-	select {
-	case e.wake <- struct{}{}:
-	default:
-	}
-}
+func (e *edger) push(x edge) { e.queue.push(x) }
 
-func (e *edger) run(ctx context.Context) {
-	for {
-		e.mu.Lock()
-		batch := e.queue
-		e.queue = nil
-		e.mu.Unlock()
-		if len(batch) == 0 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-e.wake:
-			}
-			continue
-		}
-		if retry := e.send(ctx, batch); len(retry) > 0 {
-			e.mu.Lock()
-			e.queue = append(retry, e.queue...)
-			e.mu.Unlock()
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(retryPause):
-			}
-		}
-	}
-}
+func (e *edger) run(ctx context.Context) { e.queue.run(ctx, e.send) }
 
 // send publishes a batch of edges and returns those to try again.
 func (e *edger) send(ctx context.Context, batch []edge) (retry []edge) {

@@ -67,9 +67,7 @@ type Service struct {
 
 	// Finished timers waiting to be removed from KV; unfinished counts the
 	// edges and removals not done yet.
-	rmu        sync.Mutex
-	rqueue     []removal
-	rwake      chan struct{}
+	removals   *retryQueue[removal]
 	unfinished atomic.Int64
 
 	runCtx    context.Context
@@ -132,7 +130,7 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 		store:     &store{kv: kv, log: log, partitions: cfg.Partitions, markerTTL: markerTTL},
 		notify:    client.New(nc),
 		sem:       make(chan struct{}, maxInFlight),
-		rwake:     make(chan struct{}, 1),
+		removals:  newRetryQueue[removal](),
 		stopLease: make(chan struct{}),
 	}
 	s.ticker = newTicker(log, nc, cfg.Partitions, s.pushEdge)
@@ -143,7 +141,7 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 	s.runCtx, s.cancel = runCtx, cancel
 	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.ticker.sched.Run(runCtx) }()
-	go func() { defer s.wg.Done(); s.removeLoop(runCtx) }()
+	go func() { defer s.wg.Done(); s.removals.run(runCtx, s.removeBatch) }()
 	go func() { defer s.wg.Done(); s.edges.run(runCtx) }()
 
 	if err := s.subscribe(); err != nil {
@@ -568,55 +566,27 @@ func (s *Service) enqueueRemoval(r removal, stored bool) {
 		s.unfinished.Add(-1)
 		return
 	}
-	s.rmu.Lock()
-	s.rqueue = append(s.rqueue, r)
-	s.rmu.Unlock()
-	select {
-	case s.rwake <- struct{}{}:
-	default:
-	}
+	s.removals.push(r)
 }
 
-// removeLoop removes finished timers, retrying failures while this instance
-// still drives their partition.
-func (s *Service) removeLoop(ctx context.Context) {
-	for {
-		s.rmu.Lock()
-		batch := s.rqueue
-		s.rqueue = nil
-		s.rmu.Unlock()
-		if len(batch) == 0 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-s.rwake:
-			}
+// removeBatch removes finished timers and returns those to try again: the
+// failed ones whose partition this instance still drives.
+func (s *Service) removeBatch(ctx context.Context, batch []removal) (retry []removal) {
+	for _, r := range batch {
+		err := s.removeDone(ctx, r)
+		if err != nil && s.ticker.live(r.p, r.gen) && ctx.Err() == nil {
+			retry = append(retry, r)
 			continue
 		}
-		var retry []removal
-		for _, r := range batch {
-			err := s.removeDone(ctx, r)
-			if err != nil && s.ticker.live(r.p, r.gen) && ctx.Err() == nil {
-				retry = append(retry, r)
-				continue
-			}
-			if err != nil {
-				s.log.Warn("finished timer left to the next holder", "user", r.uid, "device", r.dev, "err", err)
-			}
-			s.unfinished.Add(-1)
+		if err != nil {
+			s.log.Warn("finished timer left to the next holder", "user", r.uid, "device", r.dev, "err", err)
 		}
-		if len(retry) > 0 {
-			s.log.Warn("removing finished timers failed, retrying", "count", len(retry))
-			s.rmu.Lock()
-			s.rqueue = append(retry, s.rqueue...)
-			s.rmu.Unlock()
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(retryPause):
-			}
-		}
+		s.unfinished.Add(-1)
 	}
+	if len(retry) > 0 {
+		s.log.Warn("removing finished timers failed, retrying", "count", len(retry))
+	}
+	return retry
 }
 
 // removeDone deletes a finished timer from KV unless it was replaced.
