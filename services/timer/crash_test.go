@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -161,7 +162,7 @@ func (c *cluster) waitCovered(within time.Duration) {
 				seen[p]++
 			}
 		}
-		if ok && len(seen) == timersvc.DefaultConfig().Partitions && !slices.ContainsFunc(mapValues(seen), func(n int) bool { return n != 1 }) {
+		if ok && len(seen) == timersvc.DefaultConfig().Partitions && !slices.ContainsFunc(slices.Collect(maps.Values(seen)), func(n int) bool { return n != 1 }) {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -171,18 +172,10 @@ func (c *cluster) waitCovered(within time.Duration) {
 	}
 }
 
-func mapValues(m map[int]int) []int {
-	out := make([]int, 0, len(m))
-	for _, v := range m {
-		out = append(out, v)
-	}
-	return out
-}
-
 // ownerOf is the running instance that drives uid's partition.
 func (c *cluster) ownerOf(uid string) *child {
 	c.t.Helper()
-	p := timersvcPartition(uid)
+	p := timersvc.PartitionOf(uid, timersvc.DefaultConfig().Partitions)
 	for name, st := range c.status() {
 		if slices.Contains(st.Partitions, p) {
 			c.mu.Lock()
@@ -195,11 +188,6 @@ func (c *cluster) ownerOf(uid string) *child {
 	}
 	c.t.Fatalf("no instance drives partition %d", p)
 	return nil
-}
-
-// timersvcPartition is the partition of uid's timers under the defaults.
-func timersvcPartition(uid string) int {
-	return timersvc.PartitionOf(uid, timersvc.DefaultConfig().Partitions)
 }
 
 // device is one timer's device as the test sees it.

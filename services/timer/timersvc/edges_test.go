@@ -13,6 +13,25 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
 
+// openStorage opens the bucket and the events stream as an instance would,
+// without starting one.
+func (e *env) openStorage(t *testing.T, cfg Config) (jetstream.JetStream, jetstream.KeyValue, time.Duration) {
+	t.Helper()
+	ctx := context.Background()
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, markerTTL, err := openBucket(ctx, js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openStream(ctx, js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	return js, kv, markerTTL
+}
+
 // events reads the timer events for backend services stored in the stream.
 func (e *env) events(t *testing.T, cfg Config, want int) []api.TimerEvent {
 	t.Helper()
@@ -111,17 +130,7 @@ func TestEdgeCompletedOnce(t *testing.T) {
 			e := newEnv(t)
 			cfg := testConfig()
 			ctx := context.Background()
-			js, err := jetstream.New(e.nc)
-			if err != nil {
-				t.Fatal(err)
-			}
-			kv, markerTTL, err := openBucket(ctx, js, cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := openStream(ctx, js, cfg); err != nil {
-				t.Fatal(err)
-			}
+			js, kv, markerTTL := e.openStorage(t, cfg)
 			w := who{"alice", "phone", ""}
 			in := e.listenDevice(t, w.uid, w.dev)
 			// A timer that ended 2 s ago, still in KV.
@@ -174,13 +183,7 @@ func TestEdgeDeduplicated(t *testing.T) {
 	e := newEnv(t)
 	cfg := testConfig()
 	ctx := context.Background()
-	js, err := jetstream.New(e.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := openStream(ctx, js, cfg); err != nil {
-		t.Fatal(err)
-	}
+	js, _, _ := e.openStorage(t, cfg)
 	w := who{"user@example.com", "tab.1", ""}
 	in := e.listenDevice(t, w.uid, w.dev)
 	x := edge{uid: w.uid, dev: w.dev, rec: record{Dur: 2, Start: 1000, Deadline: 3000}}

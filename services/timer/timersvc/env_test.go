@@ -361,5 +361,3 @@ func countdown(t *testing.T, in *inbox, deadline time.Time, from, dur int, dev s
 		t.Fatalf("timerDone %s lacks timer 0", d.data)
 	}
 }
-
-func contains(s, sub string) bool { return strings.Contains(s, sub) }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,6 +39,25 @@ func (e *env) kv(t *testing.T, cfg Config) jetstream.KeyValue {
 		t.Fatal(err)
 	}
 	return kv
+}
+
+// sink keeps the compiler from dropping a measured call.
+var sink int
+
+// PartitionOf is FNV-1a of the user id, computed without allocating.
+func TestPartitionOf(t *testing.T) { // not parallel: AllocsPerRun
+	for _, uid := range []string{"", "alice", "a.b", "ünïcode", strings.Repeat("x", 300)} {
+		h := fnv.New32a()
+		_, _ = h.Write([]byte(uid))
+		for _, n := range []int{1, 7, 64} {
+			if got, want := PartitionOf(uid, n), int(h.Sum32()%uint32(n)); got != want {
+				t.Errorf("PartitionOf(%q, %d) = %d, want %d", uid, n, got, want)
+			}
+		}
+	}
+	if a := testing.AllocsPerRun(100, func() { sink = PartitionOf("some-user-id", 64) }); a != 0 {
+		t.Errorf("PartitionOf allocates %v times", a)
+	}
 }
 
 func TestAssign(t *testing.T) {
@@ -299,7 +320,7 @@ func TestPartitionsFixed(t *testing.T) {
 		_ = svc.Stop()
 		t.Fatal("started with another partition count")
 	}
-	if want := fmt.Sprintf("has %d partitions", cfg.Partitions-1); !contains(err.Error(), want) {
+	if want := fmt.Sprintf("has %d partitions", cfg.Partitions-1); !strings.Contains(err.Error(), want) {
 		t.Fatalf("error %q does not say %q", err, want)
 	}
 }

@@ -150,6 +150,25 @@ func TestCountdown(t *testing.T) {
 	if _, err := kv.Get(context.Background(), key); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("user key after done: %v, want not found", err)
 	}
+	// The removal leaves a marker that expires, not one per user forever.
+	st, err := kv.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.LimitMarkerTTL() != natsx.MarkerTTL {
+		t.Fatalf("bucket marker TTL %s, want %s", st.LimitMarkerTTL(), natsx.MarkerTTL)
+	}
+	stream, err := js.Stream(context.Background(), "KV_"+DefaultConfig().Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker, err := stream.GetLastMsgForSubject(context.Background(), "$KV."+DefaultConfig().Bucket+"."+key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl := marker.Header.Get(jetstream.MsgTTLHeader); ttl == "" || marker.Header.Get("KV-Operation") != "PURGE" {
+		t.Fatalf("marker headers %v: want a purge with a TTL", marker.Header)
+	}
 }
 
 func TestStopStopsTicks(t *testing.T) {
