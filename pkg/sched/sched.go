@@ -5,7 +5,6 @@
 package sched
 
 import (
-	"container/heap"
 	"context"
 	"sync"
 	"time"
@@ -14,22 +13,85 @@ import (
 type entry[K comparable] struct {
 	key K
 	at  time.Time
-	i   int
+	i   int // index in the heap
 }
 
-type entries[K comparable] []*entry[K]
+// slot is a heap element: the deadline (Unix ns) is kept inline so that
+// ordering compares integers without following pointers.
+type slot[K comparable] struct {
+	ns int64
+	e  *entry[K]
+}
 
-func (h entries[K]) Len() int           { return len(h) }
-func (h entries[K]) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h entries[K]) Swap(i, j int)      { h[i], h[j] = h[j], h[i]; h[i].i = i; h[j].i = j }
-func (h *entries[K]) Push(x any)        { e := x.(*entry[K]); e.i = len(*h); *h = append(*h, e) }
-func (h *entries[K]) Pop() any {
+// entries is a binary min-heap of deadlines.
+type entries[K comparable] []slot[K]
+
+func (h entries[K]) swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].e.i = i
+	h[j].e.i = j
+}
+
+func (h entries[K]) up(j int) {
+	for j > 0 {
+		i := (j - 1) / 2
+		if h[i].ns <= h[j].ns {
+			break
+		}
+		h.swap(i, j)
+		j = i
+	}
+}
+
+// down sifts i down and reports whether it moved.
+func (h entries[K]) down(i0 int) bool {
+	i, n := i0, len(h)
+	for {
+		j := 2*i + 1
+		if j >= n {
+			break
+		}
+		if r := j + 1; r < n && h[r].ns < h[j].ns {
+			j = r
+		}
+		if h[i].ns <= h[j].ns {
+			break
+		}
+		h.swap(i, j)
+		i = j
+	}
+	return i > i0
+}
+
+func (h *entries[K]) push(e *entry[K]) {
+	e.i = len(*h)
+	*h = append(*h, slot[K]{e.at.UnixNano(), e})
+	h.up(e.i)
+}
+
+// remove takes out the element at i.
+func (h *entries[K]) remove(i int) *entry[K] {
 	old := *h
-	e := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
+	n := len(old) - 1
+	e := old[i].e
+	if i != n {
+		old.swap(i, n)
+	}
+	old[n] = slot[K]{}
+	*h = old[:n]
+	if i != n && !(*h).down(i) {
+		(*h).up(i)
+	}
 	e.i = -1
 	return e
+}
+
+// fix restores the order after the deadline of the element at i changed.
+func (h entries[K]) fix(i int) {
+	h[i].ns = h[i].e.at.UnixNano()
+	if !h.down(i) {
+		h.up(i)
+	}
 }
 
 // Scheduler calls fire(key, due) once for each deadline that comes due.
@@ -41,11 +103,35 @@ type Scheduler[K comparable] struct {
 	idx  map[K]*entry[K]
 	wake chan struct{}
 	fire func(K, time.Time)
+	// grain > 0 serves deadlines in batches: the scheduler wakes only on
+	// multiples of grain, firing everything due by then.
+	grain time.Duration
 }
 
 // New returns a scheduler; call Run to serve it.
 func New[K comparable](fire func(key K, due time.Time)) *Scheduler[K] {
 	return &Scheduler[K]{idx: map[K]*entry[K]{}, wake: make(chan struct{}, 1), fire: fire}
+}
+
+// NewBatched returns a scheduler that wakes only on multiples of grain (of
+// Unix time) and then fires every deadline due by then: a deadline fires
+// at most grain late, and deadlines close together share one wake-up.
+// Callers that send something per deadline thereby write in batches.
+func NewBatched[K comparable](grain time.Duration, fire func(key K, due time.Time)) *Scheduler[K] {
+	s := New(fire)
+	s.grain = grain
+	return s
+}
+
+// wakeAt is when to serve a deadline at at.
+func (s *Scheduler[K]) wakeAt(at time.Time) time.Time {
+	if s.grain <= 0 {
+		return at
+	}
+	if r := time.Duration(at.UnixNano() % int64(s.grain)); r != 0 {
+		return at.Add(s.grain - r)
+	}
+	return at
 }
 
 // Set schedules key at at, replacing any deadline the key had.
@@ -54,13 +140,13 @@ func (s *Scheduler[K]) Set(key K, at time.Time) {
 	e, ok := s.idx[key]
 	if ok {
 		e.at = at
-		heap.Fix(&s.h, e.i)
+		s.h.fix(e.i)
 	} else {
 		e = &entry[K]{key: key, at: at}
-		heap.Push(&s.h, e)
+		s.h.push(e)
 		s.idx[key] = e
 	}
-	first := s.h[0] == e
+	first := s.h[0].e == e
 	s.mu.Unlock()
 	if first {
 		s.poke()
@@ -75,7 +161,7 @@ func (s *Scheduler[K]) Cancel(key K) bool {
 	if !ok {
 		return false
 	}
-	heap.Remove(&s.h, e.i)
+	s.h.remove(e.i)
 	delete(s.idx, key)
 	return true
 }
@@ -119,14 +205,14 @@ func (s *Scheduler[K]) Run(ctx context.Context) {
 		now := time.Now()
 		due = due[:0]
 		s.mu.Lock()
-		for len(s.h) > 0 && !s.h[0].at.After(now) {
-			e := heap.Pop(&s.h).(*entry[K])
+		for len(s.h) > 0 && !s.h[0].e.at.After(now) {
+			e := s.h.remove(0)
 			delete(s.idx, e.key)
 			due = append(due, fired[K]{e.key, e.at})
 		}
 		wait := time.Hour
 		if len(s.h) > 0 {
-			wait = s.h[0].at.Sub(now)
+			wait = s.wakeAt(s.h[0].e.at).Sub(now)
 		}
 		s.mu.Unlock()
 		for _, f := range due {

@@ -2,6 +2,7 @@ package sched
 
 import (
 	"context"
+	"math/rand/v2"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -337,5 +338,100 @@ func BenchmarkSetMove(b *testing.B) {
 	b.ResetTimer()
 	for i := range b.N {
 		s.Set(i%10000, far.Add(time.Duration(i%7919)*time.Millisecond))
+	}
+}
+
+// The heap stays ordered through random sets, moves and cancels: every
+// remaining key fires once, in deadline order.
+func TestRandomOpsFireInOrder(t *testing.T) {
+	type fired struct {
+		key int
+		due time.Time
+	}
+	got := make(chan fired, 4096)
+	s := New(func(k int, due time.Time) { got <- fired{k, due} })
+	base := time.Now().Add(200 * time.Millisecond)
+	rng := rand.New(rand.NewPCG(1, 2))
+	want := map[int]time.Time{}
+	for range 20000 {
+		k := rng.IntN(2000)
+		if rng.IntN(4) == 0 {
+			if _, ok := want[k]; s.Cancel(k) != ok {
+				t.Fatalf("Cancel(%d) disagrees with the model", k)
+			}
+			delete(want, k)
+			continue
+		}
+		at := base.Add(time.Duration(rng.IntN(300)) * time.Millisecond)
+		s.Set(k, at)
+		want[k] = at
+	}
+	if s.Len() != len(want) {
+		t.Fatalf("Len = %d, want %d", s.Len(), len(want))
+	}
+	start(t, s)
+	var last time.Time
+	for range len(want) {
+		select {
+		case f := <-got:
+			if at, ok := want[f.key]; !ok || !at.Equal(f.due) {
+				t.Fatalf("key %d fired with due %v, want %v (present %v)", f.key, f.due, at, ok)
+			}
+			if f.due.Before(last) {
+				t.Fatalf("key %d due %v fired after one due %v", f.key, f.due, last)
+			}
+			last = f.due
+			delete(want, f.key)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d keys did not fire", len(want))
+		}
+	}
+}
+
+// A batched scheduler fires on multiples of its grain: never before a
+// deadline, at most a grain after it, and deadlines within one grain
+// together; a deadline already due fires at once.
+func TestBatchedFiresOnGrain(t *testing.T) {
+	const grain = 20 * time.Millisecond
+	type fired struct {
+		key int
+		due time.Time
+		at  time.Time
+	}
+	got := make(chan fired, 64)
+	s := NewBatched(grain, func(k int, due time.Time) { got <- fired{k, due, time.Now()} })
+	start(t, s)
+	// Ten deadlines spread over one grain, starting on a grain boundary.
+	base := time.Now().Add(100 * time.Millisecond).Truncate(grain).Add(grain)
+	for i := range 10 {
+		s.Set(i, base.Add(time.Duration(i)*grain/10+time.Millisecond))
+	}
+	var ats []time.Time
+	for range 10 {
+		select {
+		case f := <-got:
+			if f.at.Before(f.due) {
+				t.Errorf("key %d fired %s before its deadline", f.key, f.due.Sub(f.at))
+			}
+			if late := f.at.Sub(f.due); late > grain+15*time.Millisecond {
+				t.Errorf("key %d fired %s late, grain %s", f.key, late, grain)
+			}
+			ats = append(ats, f.at)
+		case <-time.After(5 * time.Second):
+			t.Fatal("not every key fired")
+		}
+	}
+	if spread := ats[len(ats)-1].Sub(ats[0]); spread > 5*time.Millisecond {
+		t.Errorf("one grain's deadlines fired over %s, want together", spread)
+	}
+	now := time.Now()
+	s.Set(99, now)
+	select {
+	case f := <-got:
+		if d := f.at.Sub(now); d > 10*time.Millisecond {
+			t.Errorf("a due key fired after %s, want at once", d)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("a due key did not fire")
 	}
 }

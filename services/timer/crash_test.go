@@ -47,7 +47,7 @@ type child struct {
 }
 
 type cluster struct {
-	t    *testing.T
+	t    testing.TB
 	srv  *natstest.Server
 	nc   *nats.Conn
 	mu   sync.Mutex
@@ -55,7 +55,7 @@ type cluster struct {
 	n    int
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t testing.TB) *cluster {
 	s := natstest.Run(t)
 	c := &cluster{t: t, srv: s, nc: s.Conn(t), kids: map[string]*child{}}
 	t.Cleanup(func() {

@@ -41,6 +41,11 @@ type Config struct {
 	// DedupWindow is the stream's duplicate window: a repeated edge within
 	// it is dropped by the server.
 	DedupWindow time.Duration `koanf:"dedup_window"`
+	// TickBatch groups ticks: the scheduler wakes on multiples of it and
+	// sends every tick due by then in one write, so a tick is at most this
+	// late (plus sending) and many ticks cost one wake-up. 0 sends each tick
+	// at its due time.
+	TickBatch time.Duration `koanf:"tick_batch"`
 }
 
 // DefaultConfig returns the default settings.
@@ -56,6 +61,7 @@ func DefaultConfig() Config {
 		EventsMaxAge:     24 * time.Hour,
 		EventsMaxBytes:   1 << 30,
 		DedupWindow:      2 * time.Minute,
+		TickBatch:        5 * time.Millisecond,
 	}
 }
 
@@ -65,6 +71,7 @@ var nameRe = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 const (
 	MinLeaseRenew = 50 * time.Millisecond
 	MaxPartitions = 1024
+	MaxTickBatch  = 100 * time.Millisecond
 )
 
 func (c Config) validate() error {
@@ -101,6 +108,9 @@ func (c Config) validate() error {
 	}
 	if c.DedupWindow < 10*time.Second || c.DedupWindow > c.EventsMaxAge {
 		errs = append(errs, fmt.Errorf("dedup_window must be 10s..events_max_age, got %s", c.DedupWindow))
+	}
+	if c.TickBatch < 0 || c.TickBatch > MaxTickBatch {
+		errs = append(errs, fmt.Errorf("tick_batch must be 0..%s, got %s", MaxTickBatch, c.TickBatch))
 	}
 	return errors.Join(errs...)
 }

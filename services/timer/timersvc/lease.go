@@ -83,6 +83,9 @@ type coordinator struct {
 	ended    chan partGen // partition watches that ended on their own
 
 	held map[int]*holding
+	// wakeAt is the earliest moment, seen by the last step, at which a
+	// partition may become takeable or a member's key expire (zero: none).
+	wakeAt time.Time
 }
 
 type partGen struct {
@@ -176,6 +179,10 @@ func (c *coordinator) observe(e jetstream.KeyValueEntry) {
 func (c *coordinator) run(stop <-chan struct{}) {
 	t := time.NewTicker(c.cfg.LeaseRenew)
 	defer t.Stop()
+	// Takes over exactly when a lease or membership runs out, not at the
+	// next renewal.
+	expiry := time.NewTimer(time.Hour)
+	defer expiry.Stop()
 	for {
 		renew := false
 		select {
@@ -184,6 +191,7 @@ func (c *coordinator) run(stop <-chan struct{}) {
 			return
 		case <-t.C:
 			renew = true
+		case <-expiry.C:
 		case <-c.wake:
 		case pg := <-c.ended:
 			if h := c.held[pg.p]; h != nil && h.gen == pg.gen {
@@ -191,6 +199,16 @@ func (c *coordinator) run(stop <-chan struct{}) {
 			}
 		}
 		c.step(renew)
+		if !c.wakeAt.IsZero() {
+			expiry.Reset(time.Until(c.wakeAt) + time.Millisecond)
+		}
+	}
+}
+
+// wakeBy notes that something may change at at.
+func (c *coordinator) wakeBy(at time.Time) {
+	if c.wakeAt.IsZero() || at.Before(c.wakeAt) {
+		c.wakeAt = at
 	}
 }
 
@@ -249,6 +267,7 @@ type leaseOp struct {
 // this instance should hold.
 func (c *coordinator) step(renew bool) {
 	c.ticker.report()
+	c.wakeAt = time.Time{}
 	if renew {
 		c.renewMember()
 	}
@@ -258,6 +277,11 @@ func (c *coordinator) step(renew bool) {
 	}
 	now := time.Now()
 	owners := assign(c.cfg.Partitions, c.live(v, now))
+	for id, s := range v.members {
+		if exp := s.at.Add(c.ttlOf(s.member.TTL)); id != c.holder && exp.After(now) {
+			c.wakeBy(exp) // the assignment changes when it expires
+		}
+	}
 	if renew {
 		c.purgeStaleMembers(v, now)
 	}
@@ -312,6 +336,7 @@ func (c *coordinator) acquirable(p int, v view, mine bool, now time.Time) *lease
 		wait = c.cfg.LeaseTTL
 	}
 	if now.Sub(freeSince) < wait || now.Before(freeSince) {
+		c.wakeBy(freeSince.Add(wait))
 		return nil
 	}
 	op := &leaseOp{p: p, acquire: true, rev: s.rev}

@@ -147,6 +147,11 @@ func TestFailover(t *testing.T) {
 	time.Sleep(time.Until(deadline.Add(-4800 * time.Millisecond)))
 	holder.nc.Close() // vanish: no Stop, no release
 	closed := time.Now()
+	// Taken when the lease runs out (its last renewal + lease_ttl), not at
+	// the next renewal tick after that.
+	p := PartitionOf(w.uid, cfg.Partitions)
+	waitFor(t, cfg.LeaseTTL+120*time.Millisecond, "takeover", func() bool { return slices.Contains(other.Status().Partitions, p) })
+	t.Logf("taken over %s after the holder vanished", time.Since(closed))
 	resumed(t, in, deadline, 6, w.dev, closed.Add(cfg.LeaseTTL+200*time.Millisecond))
 	waitCovered(t, time.Second, cfg.Partitions, other)
 }

@@ -133,7 +133,7 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 		removals:  newRetryQueue[removal](),
 		stopLease: make(chan struct{}),
 	}
-	s.ticker = newTicker(log, nc, cfg.Partitions, s.pushEdge)
+	s.ticker = newTicker(log, nc, cfg.Partitions, cfg.TickBatch, s.pushEdge)
 	s.edges = newEdger(log, js, stream, s.ticker.live, s.enqueueRemoval)
 	s.coord = newCoordinator(log, cfg, kv, markerTTL, holder, instance, s.ticker, s)
 

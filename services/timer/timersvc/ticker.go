@@ -21,15 +21,17 @@ type msgPublisher interface {
 
 var _ msgPublisher = (*nats.Conn)(nil)
 
-// tkey identifies a timer: one per device of a user.
-type tkey struct{ uid, dev string }
-
-// tstate is a timer driven by this instance.
+// tstate is a timer driven by this instance; the scheduler's key.
 type tstate struct {
-	rec  record
-	next int    // the next tick value to send
-	subj string // the device's delivery subject
-	p    int
+	uid, dev string
+	rec      record
+	next     int    // the next tick value to send
+	subj     string // the device's delivery subject
+	p        int
+	gen      uint64 // the partition's term
+	// gone is set (under ticker.mu) when the timer leaves the index, so a
+	// firing already taken from the scheduler does nothing.
+	gone bool
 	// loadedDone: the timer was past its deadline when this term first saw
 	// it, so an earlier holder may have sent its edge already.
 	loadedDone bool
@@ -66,7 +68,7 @@ type part struct {
 type ticker struct {
 	log    *slog.Logger
 	pub    msgPublisher
-	sched  *sched.Scheduler[tkey]
+	sched  *sched.Scheduler[*tstate]
 	nparts int
 	edge   func(edge) // must not block
 
@@ -86,9 +88,11 @@ const lateTick = 250 * time.Millisecond
 // tickHeader is the header of every tick delivery (shared, never modified).
 var tickHeader = nats.Header{api.HeaderEvent: []string{api.EventTick}}
 
-func newTicker(log *slog.Logger, pub msgPublisher, partitions int, edge func(edge)) *ticker {
+// newTicker returns a ticker of partitions partitions whose scheduler wakes
+// on multiples of batch (0: at every due time).
+func newTicker(log *slog.Logger, pub msgPublisher, partitions int, batch time.Duration, edge func(edge)) *ticker {
 	t := &ticker{log: log, pub: pub, nparts: partitions, edge: edge, parts: map[int]*part{}}
-	t.sched = sched.New(t.fire)
+	t.sched = sched.NewBatched(batch, t.fire)
 	return t
 }
 
@@ -144,9 +148,10 @@ func (t *ticker) dropLocked(p int) {
 	if ps == nil {
 		return
 	}
-	for uid, devs := range ps.users {
-		for dev := range devs {
-			t.sched.Cancel(tkey{uid, dev})
+	for _, devs := range ps.users {
+		for _, st := range devs {
+			st.gone = true
+			t.sched.Cancel(st)
 		}
 	}
 	delete(t.parts, p)
@@ -186,7 +191,8 @@ func (t *ticker) apply(p int, gen uint64, uid string, doc *userDoc, now time.Tim
 	devs := ps.users[uid]
 	for dev, st := range devs {
 		if rec, ok := timers[dev]; !ok || rec != st.rec {
-			t.sched.Cancel(tkey{uid, dev})
+			st.gone = true
+			t.sched.Cancel(st)
 			delete(devs, dev)
 		}
 	}
@@ -221,23 +227,23 @@ func (t *ticker) apply(p int, gen uint64, uid string, doc *userDoc, now time.Tim
 			devs = map[string]*tstate{}
 			ps.users[uid] = devs
 		}
-		st := &tstate{rec: rec, next: rec.remaining(nowMs), subj: subj, p: p}
+		st := &tstate{uid: uid, dev: dev, rec: rec, next: rec.remaining(nowMs), subj: subj, p: p, gen: gen}
 		devs[dev] = st
 		if st.next == 0 {
 			// Past its deadline when first seen: an earlier holder may
 			// have sent its edge already (the edge path checks).
 			st.loadedDone = true
-			t.sched.Set(tkey{uid, dev}, now)
+			t.sched.Set(st, now)
 			continue
 		}
 		if grid := rec.Deadline - int64(st.next)*1000; grid <= ps.sent {
 			// The previous holder may have sent this value: go on with the
 			// next one on the grid.
 			st.next--
-			t.sched.Set(tkey{uid, dev}, time.UnixMilli(rec.Deadline-int64(st.next)*1000))
+			t.sched.Set(st, time.UnixMilli(rec.Deadline-int64(st.next)*1000))
 			continue
 		}
-		t.sched.Set(tkey{uid, dev}, now) // current tick at once
+		t.sched.Set(st, now) // current tick at once
 	}
 	if len(devs) == 0 {
 		delete(ps.users, uid)
@@ -246,15 +252,14 @@ func (t *ticker) apply(p int, gen uint64, uid string, doc *userDoc, now time.Tim
 
 // fire sends a timer's due tick and schedules the next one; at 0 it hands
 // the timer to the edge path.
-func (t *ticker) fire(k tkey, due time.Time) {
+func (t *ticker) fire(st *tstate, due time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	ps := t.parts[PartitionOf(k.uid, t.nparts)]
-	if ps == nil {
+	if st.gone {
 		return
 	}
-	st := ps.users[k.uid][k.dev]
-	if st == nil {
+	ps := t.parts[st.p]
+	if ps == nil || ps.gen != st.gen {
 		return
 	}
 	now := time.Now()
@@ -273,21 +278,22 @@ func (t *ticker) fire(k tkey, due time.Time) {
 	if r > 0 {
 		t.publish(&nats.Msg{Subject: st.subj, Header: tickHeader, Data: tickPayload(r)})
 		st.next = r - 1
-		t.sched.Set(k, time.UnixMilli(st.rec.Deadline-int64(st.next)*1000))
+		t.sched.Set(st, time.UnixMilli(st.rec.Deadline-int64(st.next)*1000))
 		return
 	}
-	devs := ps.users[k.uid]
-	delete(devs, k.dev)
+	st.gone = true
+	devs := ps.users[st.uid]
+	delete(devs, st.dev)
 	if len(devs) == 0 {
-		delete(ps.users, k.uid)
+		delete(ps.users, st.uid)
 	}
-	done := ps.done[k.uid]
+	done := ps.done[st.uid]
 	if done == nil {
 		done = map[string]int64{}
-		ps.done[k.uid] = done
+		ps.done[st.uid] = done
 	}
-	done[k.dev] = st.rec.Start
-	t.edge(edge{p: st.p, gen: ps.gen, uid: k.uid, dev: k.dev, rec: st.rec, loadedDone: st.loadedDone})
+	done[st.dev] = st.rec.Start
+	t.edge(edge{p: st.p, gen: ps.gen, uid: st.uid, dev: st.dev, rec: st.rec, loadedDone: st.loadedDone})
 }
 
 // current returns the tick value a device that just connected should see,

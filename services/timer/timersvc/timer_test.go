@@ -104,17 +104,19 @@ func TestConfigRefused(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	tests := map[string]func(*Config){
-		"no timers":     func(c *Config) { c.MaxTimersPerUser = 0 },
-		"bad bucket":    func(c *Config) { c.Bucket = "a.b" },
-		"no bucket":     func(c *Config) { c.Bucket = "" },
-		"replicas":      func(c *Config) { c.Replicas = 0 },
-		"short lease":   func(c *Config) { c.LeaseTTL = 2 * c.LeaseRenew },
-		"fast renew":    func(c *Config) { c.LeaseRenew = time.Millisecond },
-		"partitions":    func(c *Config) { c.Partitions = 0 },
-		"many parts":    func(c *Config) { c.Partitions = MaxPartitions + 1 },
-		"bad stream":    func(c *Config) { c.EventsStream = "a b" },
-		"short dedup":   func(c *Config) { c.DedupWindow = time.Second },
-		"long instance": func(c *Config) { c.Instance = strings.Repeat("i", 129) },
+		"no timers":      func(c *Config) { c.MaxTimersPerUser = 0 },
+		"bad bucket":     func(c *Config) { c.Bucket = "a.b" },
+		"no bucket":      func(c *Config) { c.Bucket = "" },
+		"replicas":       func(c *Config) { c.Replicas = 0 },
+		"short lease":    func(c *Config) { c.LeaseTTL = 2 * c.LeaseRenew },
+		"fast renew":     func(c *Config) { c.LeaseRenew = time.Millisecond },
+		"partitions":     func(c *Config) { c.Partitions = 0 },
+		"many parts":     func(c *Config) { c.Partitions = MaxPartitions + 1 },
+		"bad stream":     func(c *Config) { c.EventsStream = "a b" },
+		"short dedup":    func(c *Config) { c.DedupWindow = time.Second },
+		"long instance":  func(c *Config) { c.Instance = strings.Repeat("i", 129) },
+		"negative batch": func(c *Config) { c.TickBatch = -time.Millisecond },
+		"long batch":     func(c *Config) { c.TickBatch = MaxTickBatch + time.Millisecond },
 	}
 	for name, mod := range tests {
 		cfg := DefaultConfig()
