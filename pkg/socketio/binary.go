@@ -19,29 +19,36 @@ var (
 	placeholderKey = []byte(`"_placeholder"`)
 )
 
+// MaxDepth is how deeply the JSON of an event with binary attachments may
+// nest; deeper documents are refused.
+const MaxDepth = 128
+
 // HasBinary reports whether data may hold {"_binary":…} values.
 func HasBinary(data []byte) bool { return bytes.Contains(data, binaryKey) }
 
 // Reconstruct replaces the placeholders in data with the attachments, each
 // written as {"_binary":"<base64>"}. Every placeholder must name an
-// existing attachment.
+// existing attachment, and no attachment may be named twice (the output is
+// thus at most the input plus the attachments in base64).
 func Reconstruct(data json.RawMessage, parts [][]byte) (json.RawMessage, error) {
 	if !bytes.Contains(data, placeholderKey) {
 		return data, nil
 	}
-	return rewrite(data, func(obj []byte) ([]byte, bool, error) {
-		if !bytes.Contains(obj, placeholderKey) {
-			return nil, false, nil
+	used := make([]bool, len(parts))
+	return rewrite(data, func(in []byte, i int) (int, []byte, error) {
+		end, num, ok := placeholderAt(in, i)
+		if !ok {
+			return 0, nil, nil
 		}
-		var ph map[string]json.RawMessage
-		if json.Unmarshal(obj, &ph) != nil || len(ph) != 2 || string(ph["_placeholder"]) != "true" {
-			return nil, false, nil
-		}
-		n, err := strconv.Atoi(string(ph["num"]))
+		n, err := strconv.Atoi(string(num))
 		if err != nil || n < 0 || n >= len(parts) {
-			return nil, false, invalid("placeholder %s names no attachment", ph["num"])
+			return 0, nil, invalid("placeholder %s names no attachment", num)
 		}
-		return binaryJSON(parts[n]), true, nil
+		if used[n] {
+			return 0, nil, invalid("attachment %d is named by more than one placeholder", n)
+		}
+		used[n] = true
+		return end, binaryJSON(parts[n]), nil
 	})
 }
 
@@ -62,33 +69,160 @@ func Deconstruct(data json.RawMessage) (json.RawMessage, [][]byte, error) {
 		return data, nil, nil
 	}
 	var parts [][]byte
-	out, err := rewrite(data, func(obj []byte) ([]byte, bool, error) {
-		if !bytes.Contains(obj, binaryKey) {
-			return nil, false, nil
-		}
-		var b map[string]json.RawMessage
-		if json.Unmarshal(obj, &b) != nil || len(b) != 1 {
-			return nil, false, nil
-		}
-		var s string
-		if json.Unmarshal(b["_binary"], &s) != nil {
-			return nil, false, nil
-		}
-		raw, err := base64.StdEncoding.DecodeString(s)
-		if err != nil {
-			return nil, false, nil
+	out, err := rewrite(data, func(in []byte, i int) (int, []byte, error) {
+		end, raw, ok := binaryAt(in, i)
+		if !ok {
+			return 0, nil, nil
 		}
 		parts = append(parts, raw)
-		return fmt.Appendf(nil, `{"_placeholder":true,"num":%d}`, len(parts)-1), true, nil
+		return end, fmt.Appendf(nil, `{"_placeholder":true,"num":%d}`, len(parts)-1), nil
 	})
 	return out, parts, err
 }
 
-// rewrite copies the JSON value data, offering every object to fn first;
-// when fn replaces it, the replacement is written instead. Member order and
-// everything else are kept byte for byte.
-func rewrite(data []byte, fn func(obj []byte) ([]byte, bool, error)) ([]byte, error) {
-	w := rewriter{in: data, fn: fn, out: make([]byte, 0, len(data))}
+// A matcher looks at the object starting at in[i] ('{'). When the rewrite
+// replaces it, it returns the object's end (> i) and the replacement;
+// otherwise end 0. It reads only what it accepts, plus a few bytes, so the
+// whole walk stays linear in the input.
+type matcher func(in []byte, i int) (end int, repl []byte, err error)
+
+// objectScanner reads the members of a small flat object token by token.
+type objectScanner struct {
+	in []byte
+	i  int
+}
+
+func (s *objectScanner) ws() {
+	for s.i < len(s.in) && (s.in[s.i] == ' ' || s.in[s.i] == '\t' || s.in[s.i] == '\r' || s.in[s.i] == '\n') {
+		s.i++
+	}
+}
+
+// byte consumes c (after white space).
+func (s *objectScanner) byte(c byte) bool {
+	s.ws()
+	if s.i < len(s.in) && s.in[s.i] == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+// key reads a member name without escapes followed by ':'.
+func (s *objectScanner) key() (string, bool) {
+	if !s.byte('"') {
+		return "", false
+	}
+	start := s.i
+	for s.i < len(s.in) && s.in[s.i] != '"' && s.in[s.i] != '\\' && s.i-start < 32 {
+		s.i++
+	}
+	if s.i >= len(s.in) || s.in[s.i] != '"' {
+		return "", false
+	}
+	k := string(s.in[start:s.i])
+	s.i++
+	return k, s.byte(':')
+}
+
+// scalar reads a short literal, number or escape-free string.
+func (s *objectScanner) scalar() ([]byte, bool) {
+	s.ws()
+	start := s.i
+	if s.i < len(s.in) && s.in[s.i] == '"' {
+		s.i++
+		for s.i < len(s.in) && s.in[s.i] != '"' && s.in[s.i] != '\\' && s.i-start < 32 {
+			s.i++
+		}
+		if s.i >= len(s.in) || s.in[s.i] != '"' {
+			return nil, false
+		}
+		s.i++
+		return s.in[start:s.i], true
+	}
+	for s.i < len(s.in) && s.i-start < 32 {
+		c := s.in[s.i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-' || c == '+' || c == '.') {
+			break
+		}
+		s.i++
+	}
+	return s.in[start:s.i], s.i > start
+}
+
+// placeholderAt matches {"_placeholder":true,"num":<scalar>} (members in
+// either order) at in[i] and returns its end and the raw num.
+func placeholderAt(in []byte, i int) (end int, num []byte, ok bool) {
+	s := objectScanner{in: in, i: i + 1}
+	var seenPH, seenNum bool
+	for n := 0; n < 2; n++ {
+		if n == 1 && !s.byte(',') {
+			return 0, nil, false
+		}
+		k, ok := s.key()
+		if !ok {
+			return 0, nil, false
+		}
+		v, ok := s.scalar()
+		if !ok {
+			return 0, nil, false
+		}
+		switch {
+		case k == "_placeholder" && !seenPH && string(v) == "true":
+			seenPH = true
+		case k == "num" && !seenNum:
+			seenNum, num = true, v
+		default:
+			return 0, nil, false
+		}
+	}
+	if !s.byte('}') {
+		return 0, nil, false
+	}
+	return s.i, num, true
+}
+
+// binaryAt matches {"_binary":"<standard base64>"} at in[i] and returns its
+// end and the decoded bytes.
+func binaryAt(in []byte, i int) (end int, raw []byte, ok bool) {
+	s := objectScanner{in: in, i: i + 1}
+	if k, ok := s.key(); !ok || k != "_binary" {
+		return 0, nil, false
+	}
+	s.ws()
+	if s.i >= len(in) || in[s.i] != '"' {
+		return 0, nil, false
+	}
+	strEnd, err := skip(in, s.i)
+	if err != nil {
+		return 0, nil, false
+	}
+	str := in[s.i+1 : strEnd-1]
+	if bytes.IndexByte(str, '\\') >= 0 {
+		var u string
+		if json.Unmarshal(in[s.i:strEnd], &u) != nil {
+			return 0, nil, false
+		}
+		str = []byte(u)
+	}
+	s.i = strEnd
+	if !s.byte('}') {
+		return 0, nil, false
+	}
+	raw = make([]byte, base64.StdEncoding.DecodedLen(len(str)))
+	n, err := base64.StdEncoding.Decode(raw, str)
+	if err != nil {
+		return 0, nil, false
+	}
+	return s.i, raw[:n], true
+}
+
+// rewrite copies the JSON value data, offering every object to match first;
+// when it matches, the replacement is written instead. Member order and
+// everything else are kept byte for byte. The walk is linear; documents
+// nested deeper than MaxDepth are refused.
+func rewrite(data []byte, match matcher) ([]byte, error) {
+	w := rewriter{in: data, match: match, out: make([]byte, 0, len(data))}
 	if err := w.value(); err != nil {
 		return nil, err
 	}
@@ -97,10 +231,11 @@ func rewrite(data []byte, fn func(obj []byte) ([]byte, bool, error)) ([]byte, er
 }
 
 type rewriter struct {
-	in  []byte
-	i   int
-	out []byte
-	fn  func([]byte) ([]byte, bool, error)
+	in    []byte
+	i     int
+	out   []byte
+	match matcher
+	depth int
 }
 
 func (w *rewriter) ws() {
@@ -122,15 +257,11 @@ func (w *rewriter) value() error {
 	}
 	switch w.in[w.i] {
 	case '{':
-		end, err := skip(w.in, w.i)
+		end, repl, err := w.match(w.in, w.i)
 		if err != nil {
 			return err
 		}
-		repl, ok, err := w.fn(w.in[w.i:end])
-		if err != nil {
-			return err
-		}
-		if ok {
+		if end > w.i {
 			w.out = append(w.out, repl...)
 			w.i = end
 			return nil
@@ -152,6 +283,10 @@ func (w *rewriter) value() error {
 }
 
 func (w *rewriter) container(closer byte, object bool) error {
+	if w.depth++; w.depth > MaxDepth {
+		return invalid("JSON nested deeper than %d", MaxDepth)
+	}
+	defer func() { w.depth-- }()
 	w.out = append(w.out, w.in[w.i])
 	w.i++
 	for {

@@ -2,9 +2,12 @@ package socketio
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestReconstructDeconstruct(t *testing.T) {
@@ -87,17 +90,27 @@ func FuzzBinary(f *testing.F) {
 		`[{"_binary":1},{"_binary":"***"}]`,
 		`"\u00e9\\\""`,
 		`[[[[{}]]]]`,
+		`[{"_placeholder":true,"num":0},{"_placeholder":true,"num":0}]`,
+		`[{"num":0 , "_placeholder" : true}]`,
+		`[{"_binary":"A\/8="}]`,
 	} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		data := json.RawMessage(s)
+		// Bounded output: each attachment is written at most once.
+		parts := [][]byte{make([]byte, 1000), make([]byte, 1000)}
+		if out, err := Reconstruct(data, parts); err == nil {
+			if limit := len(data) + 2*(base64.StdEncoding.EncodedLen(1000)+14); len(out) > limit {
+				t.Fatalf("Reconstruct(%q) wrote %d bytes, bound %d", s, len(out), limit)
+			}
+		}
 		if !json.Valid(data) {
 			_, _, _ = Deconstruct(data) // must not panic
 			_, _ = Reconstruct(data, [][]byte{{1}})
 			return
 		}
-		same, err := rewrite(data, func([]byte) ([]byte, bool, error) { return nil, false, nil })
+		same, err := rewrite(data, func([]byte, int) (int, []byte, error) { return 0, nil, nil })
 		if err != nil || string(same) != s {
 			t.Fatalf("identity rewrite of %q = %q, %v", s, same, err)
 		}
@@ -119,4 +132,62 @@ func FuzzBinary(f *testing.F) {
 			t.Fatalf("attachments of %q lost: %q", s, back)
 		}
 	})
+}
+
+// An attachment named by many placeholders would be copied once per
+// placeholder (a few KB of input growing to gigabytes): refused.
+func TestReconstructRefusesRepeatedPlaceholder(t *testing.T) {
+	in := `["x",` + strings.Repeat(`{"_placeholder":true,"num":0},`, 20000) + `1]`
+	_, err := Reconstruct(json.RawMessage(in), [][]byte{make([]byte, 50000)})
+	if err == nil || !strings.Contains(err.Error(), "more than one placeholder") {
+		t.Fatalf("err = %v, want a refusal", err)
+	}
+	// Distinct attachments, each once, in any order and member order.
+	got, err := Reconstruct(json.RawMessage(`[{"num":1,"_placeholder":true},{ "_placeholder" : true , "num" : 0 }]`), [][]byte{{1}, {2}})
+	if err != nil || string(got) != `[{"_binary":"Ag=="},{"_binary":"AQ=="}]` {
+		t.Fatalf("got %s, %v", got, err)
+	}
+}
+
+// Nesting beyond MaxDepth is refused; up to it is fine.
+func TestRewriteDepthBound(t *testing.T) {
+	doc := func(depth int) json.RawMessage {
+		return json.RawMessage(strings.Repeat(`[`, depth-1) + `{"_placeholder":true,"num":0}` + strings.Repeat(`]`, depth-1))
+	}
+	if _, err := Reconstruct(doc(MaxDepth), [][]byte{{1}}); err != nil {
+		t.Fatalf("depth %d: %v", MaxDepth, err)
+	}
+	if _, err := Reconstruct(doc(MaxDepth+2), [][]byte{{1}}); err == nil || !strings.Contains(err.Error(), "nested deeper") {
+		t.Fatalf("depth %d: err = %v", MaxDepth+2, err)
+	}
+	deep := json.RawMessage(`[` + strings.Repeat(`{"a":`, 9000) + `{"_binary":"AQ=="}` + strings.Repeat(`}`, 9000) + `]`)
+	if _, _, err := Deconstruct(deep); err == nil {
+		t.Fatal("Deconstruct of 9000 levels: no error")
+	}
+}
+
+// The walk is linear: a large document nested near the bound costs about
+// what the same bytes cost flat (the quadratic walk re-read and re-decoded
+// every enclosing object at each level: about 60 times more here).
+func TestRewriteLinear(t *testing.T) {
+	const depth = 60 // an object and an array per level
+	big := strings.Repeat(`"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",`, 15000)
+	nested := json.RawMessage(strings.Repeat(`{"_placeholder":false,"k":[`, depth) + big + `{"_placeholder":true,"num":0}` + strings.Repeat(`]}`, depth))
+	flat := json.RawMessage(`[` + big + strings.Repeat(`{"_placeholder":false},`, depth) + `{"_placeholder":true,"num":0}]`)
+	measure := func(doc json.RawMessage) time.Duration {
+		best := time.Hour
+		for range 3 {
+			t0 := time.Now()
+			if _, err := Reconstruct(doc, [][]byte{{1}}); err != nil {
+				t.Fatal(err)
+			}
+			best = min(best, time.Since(t0))
+		}
+		return best
+	}
+	n, f := measure(nested), measure(flat)
+	t.Logf("%d KB nested %d deep: %s; flat: %s", len(nested)>>10, depth, n, f)
+	if n > 10*f+5*time.Millisecond {
+		t.Fatalf("nested took %s, flat %s: not linear", n, f)
+	}
 }

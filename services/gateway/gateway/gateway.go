@@ -380,6 +380,10 @@ func (g *Gateway) onWSError(s *melody.Session, err error) {
 	if errors.Is(err, melody.ErrMessageBufferFull) {
 		// The bounded send queue overflowed: the client is too slow. Close the
 		// connection rather than drop messages while it stays open.
+		if p, ok := relayOf(s); ok {
+			p.slow()
+			return
+		}
 		// melody reports this from inside a write, under the engine's lock.
 		e := engineOf(s)
 		e.broken.Store(true)

@@ -605,10 +605,13 @@ func TestRelayedWebSocketCloseEndsTheSession(t *testing.T) {
 }
 
 // secondGateway starts another gateway on the stack's NATS.
-func (st *stack) secondGateway() *Gateway {
+func (st *stack) secondGateway(opts ...func(*Config)) *Gateway {
 	st.t.Helper()
 	cfg := DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
+	for _, o := range opts {
+		o(&cfg)
+	}
 	gw, err := Start(context.Background(), slog.New(slog.NewTextHandler(st.logs, nil)), st.srv.Conn(st.t), cfg)
 	if err != nil {
 		st.t.Fatal(err)

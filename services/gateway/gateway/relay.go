@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 	"github.com/olahol/melody"
@@ -100,6 +101,10 @@ type relayPipe struct {
 	g   *Gateway
 	in  string
 	sub *nats.Subscription
+	// broken is set when the client's send queue overflowed: nothing more
+	// is written to it.
+	broken    atomic.Bool
+	closeOnce sync.Once
 
 	mu sync.Mutex
 	s  *melody.Session
@@ -162,12 +167,31 @@ func (p *relayPipe) toHolder(b []byte, binary bool) {
 	}
 }
 
-// toHolderClose tells the holder that the WebSocket is gone.
+// toHolderClose tells the holder, once, that the WebSocket is gone.
 func (p *relayPipe) toHolderClose(code int) {
-	m := nats.NewMsg(p.in)
-	m.Header.Set(headerClose, strconv.Itoa(code))
-	_ = p.g.nc.PublishMsg(m)
-	p.g.unsubscribe(p.sub)
+	p.closeOnce.Do(func() {
+		m := nats.NewMsg(p.in)
+		m.Header.Set(headerClose, strconv.Itoa(code))
+		_ = p.g.nc.PublishMsg(m)
+		p.g.unsubscribe(p.sub)
+	})
+}
+
+// slow ends a relayed WebSocket whose send queue overflowed (melody reports
+// it from inside a write): the connection is cut, as no close frame fits
+// in the queue, and the holder ends the session.
+func (p *relayPipe) slow() {
+	if p.broken.Swap(true) {
+		return
+	}
+	p.g.log.Warn("send queue full, closing slow relayed client")
+	p.mu.Lock()
+	s := p.s
+	p.mu.Unlock()
+	if s != nil {
+		_ = s.WebsocketConnection().Close()
+	}
+	go p.toHolderClose(closeCodeSlow)
 }
 
 // fromHolder writes the holder's frame to the client.
@@ -175,7 +199,7 @@ func (p *relayPipe) fromHolder(m *nats.Msg) {
 	p.mu.Lock()
 	s := p.s
 	p.mu.Unlock()
-	if s == nil {
+	if s == nil || p.broken.Load() {
 		return
 	}
 	if c := m.Header.Get(headerClose); c != "" {
