@@ -92,17 +92,24 @@ func (p Packet) AppendText(dst []byte) []byte {
 // Text returns the text form of a non-binary packet.
 func (p Packet) Text() []byte { return p.AppendText(make([]byte, 0, len(p.Data)+1)) }
 
+// MaxPayloadPackets bounds the packets of one long-polling payload.
+const MaxPayloadPackets = 4096
+
 // DecodePayload splits a long-polling payload into packets. Binary packets
-// ("b" + base64) are decoded to raw bytes.
+// ("b" + base64) are decoded to raw bytes. A payload of more than
+// MaxPayloadPackets packets is refused before anything is decoded.
 func DecodePayload(body []byte) ([]Packet, error) {
 	if len(body) == 0 {
 		return nil, fmt.Errorf("%w: empty payload", ErrInvalid)
 	}
 	n := bytes.Count(body, []byte{Separator}) + 1
+	if n > MaxPayloadPackets {
+		return nil, fmt.Errorf("%w: %d packets in one payload, at most %d", ErrInvalid, n, MaxPayloadPackets)
+	}
 	out := make([]Packet, 0, n)
 	for part := range bytes.SplitSeq(body, []byte{Separator}) {
 		if len(part) > 0 && part[0] == 'b' {
-			raw, err := base64.StdEncoding.DecodeString(string(part[1:]))
+			raw, err := base64.StdEncoding.AppendDecode(nil, part[1:])
 			if err != nil {
 				return nil, fmt.Errorf("%w: bad base64", ErrInvalid)
 			}

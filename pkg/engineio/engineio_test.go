@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -219,5 +220,26 @@ func BenchmarkDecodePayload(b *testing.B) {
 		if _, err := DecodePayload(body); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A payload of many tiny packets is refused past MaxPayloadPackets before
+// anything is decoded: 1 MB of NOOPs allocated about 24 MB.
+func TestDecodePayloadPacketBound(t *testing.T) {
+	at := bytes.Repeat([]byte("6\x1e"), MaxPayloadPackets-1)
+	at = append(at, '6')
+	if ps, err := DecodePayload(at); err != nil || len(ps) != MaxPayloadPackets {
+		t.Fatalf("%d packets: %d, %v", MaxPayloadPackets, len(ps), err)
+	}
+	over := bytes.Repeat([]byte("6\x1e"), 500000)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := DecodePayload(over)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrInvalid) {
+		t.Fatalf("500 000 packets: err = %v", err)
+	}
+	if a := after.TotalAlloc - before.TotalAlloc; a > 64<<10 {
+		t.Fatalf("refusing 1 MB of packets allocated %d KB", a>>10)
 	}
 }

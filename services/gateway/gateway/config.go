@@ -9,16 +9,21 @@ import (
 
 // Config is the gateway's configuration.
 type Config struct {
-	Listen            string        `koanf:"listen"`
-	Path              string        `koanf:"path"`
-	PingInterval      time.Duration `koanf:"ping_interval"`
-	PingTimeout       time.Duration `koanf:"ping_timeout"`
-	MaxPayload        int           `koanf:"max_payload"`
-	ConnectTimeout    time.Duration `koanf:"connect_timeout"`
-	AllowedOrigins    []string      `koanf:"allowed_origins"`
-	AllowQueryToken   bool          `koanf:"allow_query_token"`
-	TrustProxy        bool          `koanf:"trust_proxy"`
-	SendQueue         int           `koanf:"send_queue"`
+	Listen          string        `koanf:"listen"`
+	Path            string        `koanf:"path"`
+	PingInterval    time.Duration `koanf:"ping_interval"`
+	PingTimeout     time.Duration `koanf:"ping_timeout"`
+	MaxPayload      int           `koanf:"max_payload"`
+	ConnectTimeout  time.Duration `koanf:"connect_timeout"`
+	AllowedOrigins  []string      `koanf:"allowed_origins"`
+	AllowQueryToken bool          `koanf:"allow_query_token"`
+	TrustProxy      bool          `koanf:"trust_proxy"`
+	SendQueue       int           `koanf:"send_queue"`
+	// SendQueueBytes bounds the bytes queued for one client (WebSocket
+	// frames not yet written, polling packets not yet fetched, deliveries
+	// held during the handshake); past it the client is disconnected as
+	// slow, like past SendQueue messages.
+	SendQueueBytes    int           `koanf:"send_queue_bytes"`
 	RequestTimeout    time.Duration `koanf:"request_timeout"`
 	HeartbeatInterval time.Duration `koanf:"heartbeat_interval"`
 	Namespaces        []string      `koanf:"namespaces"`
@@ -42,6 +47,7 @@ func DefaultConfig() Config {
 		AllowedOrigins:    []string{},
 		AllowQueryToken:   true,
 		SendQueue:         256,
+		SendQueueBytes:    4 << 20,
 		RequestTimeout:    5 * time.Second,
 		HeartbeatInterval: 3 * time.Second,
 		Namespaces:        []string{"/"},
@@ -62,6 +68,7 @@ func (c Config) validate() error {
 	check(c.MaxPayload >= 1024, "max_payload must be at least 1024")
 	check(c.ConnectTimeout > 0, "connect_timeout must be positive")
 	check(c.SendQueue >= 8, "send_queue must be at least 8")
+	check(c.SendQueueBytes >= 2*c.MaxPayload, "send_queue_bytes must be at least 2 × max_payload (%d), got %d", 2*c.MaxPayload, c.SendQueueBytes)
 	check(c.RequestTimeout > 0, "request_timeout must be positive")
 	check(c.HeartbeatInterval > 0, "heartbeat_interval must be positive")
 	check(c.MaxPendingAcks > 0, "max_pending_acks must be positive")

@@ -35,6 +35,8 @@ var (
 type wsTransport struct {
 	s      *melody.Session
 	broken *atomic.Bool
+	queued *queuedBytes
+	onSlow func()
 }
 
 func (t *wsTransport) send(ps ...engineio.Packet) {
@@ -42,13 +44,34 @@ func (t *wsTransport) send(ps ...engineio.Packet) {
 		if t.broken.Load() {
 			return
 		}
+		data := p.Data
+		if !p.Binary {
+			data = p.Text()
+		}
+		if !t.queued.add(len(data)) {
+			t.broken.Store(true)
+			t.onSlow()
+			return
+		}
 		if p.Binary {
-			_ = t.s.WriteBinary(p.Data)
+			_ = t.s.WriteBinary(data)
 		} else {
-			_ = t.s.Write(p.Text())
+			_ = t.s.Write(data)
 		}
 	}
 }
+
+// queuedBytes counts the bytes handed to a WebSocket session's send queue
+// and not yet written (melody reports each write).
+type queuedBytes struct {
+	n     atomic.Int64
+	limit int64
+}
+
+// add counts n more bytes; false when that passes the limit.
+func (q *queuedBytes) add(n int) bool { return q.n.Add(int64(n)) <= q.limit }
+
+func (q *queuedBytes) sent(n int) { q.n.Add(-int64(n)) }
 
 func (t *wsTransport) close(code int, reason string) {
 	if code == closeCodeSlow {
@@ -107,7 +130,7 @@ func (g *Gateway) fire(k timerKey, _ time.Time) {
 		k.e.log().Debug("ping timeout")
 		k.e.close(closePingTimeout)
 	case timerConnect:
-		if !k.e.hasConnected() {
+		if !k.e.hasSocket() {
 			k.e.close(closeConnectTimeout)
 		}
 	case timerAck:
@@ -130,7 +153,8 @@ type engine struct {
 	// inMu serialises the client's input (WebSocket reader, POSTs).
 	inMu sync.Mutex
 	// broken is set when a send queue overflowed.
-	broken atomic.Bool
+	broken   atomic.Bool
+	slowOnce atomic.Bool
 
 	mu             sync.Mutex
 	tr             transport
@@ -139,14 +163,18 @@ type engine struct {
 	upgradeStarted bool
 	forwardSub     *nats.Subscription
 	sockets        map[string]*socket // by namespace
-	connected      bool               // a CONNECT succeeded once
 	closed         bool
-	refusals       int // CONNECTs refused on this engine
+	refusals       int       // CONNECTs refused on this engine
+	connWindow     time.Time // start of the minute connCount counts in
+	connCount      int
 
-	// A BINARY_EVENT or BINARY_ACK waiting for its attachments. Only the
-	// transport's reader touches it.
-	binPacket *socketio.Packet
-	binParts  [][]byte
+	// A BINARY_EVENT or BINARY_ACK waiting for its attachments, and their
+	// size so far; or the number of attachments still to drop (a packet for
+	// a namespace not joined). Only the transport's reader touches them.
+	binPacket  *socketio.Packet
+	binParts   [][]byte
+	binBytes   int
+	binDiscard int
 }
 
 func newEngine(g *Gateway, r *http.Request) *engine {
@@ -231,10 +259,31 @@ func (e *engine) ping() {
 	e.sendPacket(engineio.Packet{Type: engineio.Ping})
 }
 
-func (e *engine) hasConnected() bool {
+// hasSocket reports whether a namespace is connected on the engine.
+func (e *engine) hasSocket() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.connected
+	for _, s := range e.sockets {
+		if s.state == stateConnected {
+			return true
+		}
+	}
+	return false
+}
+
+// maxConnectsPerMinute bounds the CONNECTs one engine may send (each costs
+// an auth verification and presence writes).
+const maxConnectsPerMinute = 30
+
+// countConnect counts a CONNECT and reports whether it is within the bound.
+func (e *engine) countConnect(now time.Time) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if now.Sub(e.connWindow) >= time.Minute {
+		e.connWindow, e.connCount = now, 0
+	}
+	e.connCount++
+	return e.connCount <= maxConnectsPerMinute
 }
 
 // onFrame handles one WebSocket frame.
@@ -265,6 +314,17 @@ func (e *engine) onPacket(p engineio.Packet) {
 	}
 }
 
+// slow ends an engine whose send queue is full (messages or bytes). It is
+// called from inside a write, under the engine's lock: the close runs apart.
+func (e *engine) slow() {
+	if e.slowOnce.Swap(true) {
+		return
+	}
+	e.broken.Store(true)
+	e.log().Warn("send queue full, closing slow client")
+	go e.close(closeSlow)
+}
+
 func (e *engine) malformed(err error) {
 	e.log().Debug("closing on malformed input", "err", err)
 	e.close(closeMalformed)
@@ -272,21 +332,33 @@ func (e *engine) malformed(err error) {
 
 // onMessage reassembles binary packets: a BINARY_EVENT or BINARY_ACK is
 // followed by exactly its number of binary messages.
+//
+// The attachments of one packet may total at most max_payload bytes; those
+// of a packet for a namespace the engine has not joined are dropped as
+// they arrive (the packet is ignored, as a text EVENT for it would be).
 func (e *engine) onMessage(m engineio.Packet) {
 	if m.Binary {
+		if e.binDiscard > 0 {
+			e.binDiscard--
+			return
+		}
 		if e.binPacket == nil {
 			e.malformed(errUnexpectedBinary)
+			return
+		}
+		if e.binBytes += len(m.Data); e.binBytes > e.g.cfg.MaxPayload {
+			e.malformed(errAttachmentsTooLarge)
 			return
 		}
 		e.binParts = append(e.binParts, m.Data)
 		if len(e.binParts) == e.binPacket.Attachments {
 			p, parts := *e.binPacket, e.binParts
-			e.binPacket, e.binParts = nil, nil
+			e.binPacket, e.binParts, e.binBytes = nil, nil, 0
 			e.onSocketIO(p, parts)
 		}
 		return
 	}
-	if e.binPacket != nil {
+	if e.binPacket != nil || e.binDiscard > 0 {
 		e.malformed(errMissingAttachment)
 		return
 	}
@@ -296,6 +368,11 @@ func (e *engine) onMessage(m engineio.Packet) {
 		return
 	}
 	if p.Type.IsBinary() && p.Attachments > 0 {
+		if s := e.socket(p.Namespace); s == nil || !s.isConnected() {
+			e.log().Debug("binary packet for a namespace not connected", "namespace", p.Namespace)
+			e.binDiscard = p.Attachments
+			return
+		}
 		e.binPacket = &p
 		return
 	}
@@ -305,6 +382,13 @@ func (e *engine) onMessage(m engineio.Packet) {
 func (e *engine) onSocketIO(p socketio.Packet, parts [][]byte) {
 	switch p.Type {
 	case socketio.Connect:
+		if !e.countConnect(time.Now()) {
+			e.log().Debug("closing after too many CONNECTs")
+			data, _ := json.Marshal(map[string]string{"message": msgTooManyAttempts})
+			e.sendSIO(socketio.Packet{Type: socketio.ConnectError, Namespace: p.Namespace, Data: data})
+			e.close(closeMalformed)
+			return
+		}
 		e.connect(p)
 	case socketio.Disconnect:
 		if s := e.socket(p.Namespace); s != nil {
@@ -375,7 +459,13 @@ func (e *engine) removeSocket(s *socket, notify bool) {
 	if notify && wasConnected && !e.closed && e.tr != nil {
 		e.tr.send(engineio.Packet{Type: engineio.Message, Data: socketio.Packet{Type: socketio.Disconnect, Namespace: s.ns}.Encode()})
 	}
+	idle := len(e.sockets) == 0 && !e.closed
 	e.mu.Unlock()
+	if idle {
+		// An engine without sockets holds no slot: it must join a namespace
+		// again within connect_timeout or be closed.
+		e.g.sched.Set(timerKey{e: e, kind: timerConnect}, time.Now().Add(e.g.cfg.ConnectTimeout))
+	}
 	if wasConnected {
 		e.g.hub.removeSocket(s, true)
 	}

@@ -119,6 +119,8 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	g.m.HandleMessageBinary(func(s *melody.Session, b []byte) { g.onWSMessage(s, b, true) })
 	g.m.HandleDisconnect(g.onWSDisconnect)
 	g.m.HandleError(g.onWSError)
+	g.m.HandleSentMessage(g.onWSSent)
+	g.m.HandleSentMessageBinary(g.onWSSent)
 
 	n := max(2, runtime.GOMAXPROCS(0))
 	g.shards = make([]chan *nats.Msg, n)
@@ -301,7 +303,7 @@ func (g *Gateway) serveEngine(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case sid == "" && r.Method == http.MethodGet:
 			e := newEngine(g, r)
-			e.attach(newPollTransport(e, g.cfg.SendQueue))
+			e.attach(newPollTransport(e, g.cfg.SendQueue, g.cfg.SendQueueBytes))
 			if err := g.hub.addForward(e); err != nil {
 				g.log.Warn("engine forwarding", "err", err)
 			}
@@ -328,7 +330,7 @@ func (g *Gateway) serveEngine(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) acceptWebSocket(w http.ResponseWriter, r *http.Request, e *engine, probe bool) {
-	keys := map[string]any{engineKey: e}
+	keys := map[string]any{engineKey: e, queuedKey: g.newQueued()}
 	if probe {
 		keys[probeKey] = true
 	}
@@ -343,7 +345,17 @@ func (g *Gateway) acceptWebSocket(w http.ResponseWriter, r *http.Request, e *eng
 const (
 	engineKey = "engine"
 	probeKey  = "probe"
+	queuedKey = "queued" // *queuedBytes of the session
 )
+
+// onWSSent uncounts a frame melody wrote.
+func (g *Gateway) onWSSent(s *melody.Session, b []byte) {
+	if q, ok := s.Keys[queuedKey].(*queuedBytes); ok {
+		q.sent(len(b))
+	}
+}
+
+func (g *Gateway) newQueued() *queuedBytes { return &queuedBytes{limit: int64(g.cfg.SendQueueBytes)} }
 
 func engineOf(s *melody.Session) *engine { return s.Keys[engineKey].(*engine) }
 
@@ -369,11 +381,12 @@ func (g *Gateway) onWSConnect(s *melody.Session) {
 		return
 	}
 	e := engineOf(s)
+	tr := &wsTransport{s: s, broken: &e.broken, queued: s.Keys[queuedKey].(*queuedBytes), onSlow: func() { e.slow() }}
 	if _, probe := s.Keys[probeKey]; probe {
-		e.probeConnected(&wsTransport{s: s, broken: &e.broken})
+		e.probeConnected(tr)
 		return
 	}
-	e.attach(&wsTransport{s: s, broken: &e.broken})
+	e.attach(tr)
 }
 
 func (g *Gateway) onWSError(s *melody.Session, err error) {
@@ -384,11 +397,7 @@ func (g *Gateway) onWSError(s *melody.Session, err error) {
 			p.slow()
 			return
 		}
-		// melody reports this from inside a write, under the engine's lock.
-		e := engineOf(s)
-		e.broken.Store(true)
-		g.log.Warn("send queue full, closing slow client", "engine", e.id)
-		go e.close(closeSlow)
+		engineOf(s).slow()
 		return
 	}
 	if errors.Is(err, websocket.ErrReadLimit) {

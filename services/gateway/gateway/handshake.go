@@ -14,6 +14,9 @@ const (
 	msgUnavailable      = "Service unavailable"
 	msgInvalidNamespace = "Invalid namespace"
 	msgInvalidDevice    = "Invalid deviceId"
+	// Not in the contract's table: sent before closing an engine that
+	// sent more than maxConnectsPerMinute CONNECTs.
+	msgTooManyAttempts = "Too many connection attempts"
 )
 
 const maxDeviceIDLen = 128

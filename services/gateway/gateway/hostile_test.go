@@ -5,7 +5,10 @@ package gateway
 // time, and without affecting other connections.
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"net"
 	"runtime"
 	"strings"
 	"testing"
@@ -79,5 +82,153 @@ func TestRelayedSlowClientClosedWithoutCrash(t *testing.T) {
 	must(t, client.New(st.nc).NotifyUser("ok", "still", "here"))
 	if got := w.expect(`42["still"`); got != `42["still","here"]` {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// rawConnect opens a WebSocket with a small receive buffer that the test
+// reads only when it wants to, and joins "/" as uid; it returns the
+// connection and the socket id.
+func (st *stack) rawConnect(uid string) (*websocket.Conn, string) {
+	st.t.Helper()
+	dialer := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetReadBuffer(4096)
+		}
+		return c, err
+	}}
+	c, _, err := dialer.Dial(st.url(""), nil)
+	if err != nil {
+		st.t.Fatal(err)
+	}
+	st.t.Cleanup(func() { _ = c.Close() })
+	_, _, _ = c.ReadMessage() // open packet
+	_ = c.WriteMessage(websocket.TextMessage, []byte(`40{"token":"`+st.token(uid)+`"}`))
+	_, msg, _ := c.ReadMessage()
+	var reply struct{ SID string }
+	if len(msg) < 2 || json.Unmarshal(msg[2:], &reply) != nil {
+		st.t.Fatalf("connect reply %q", msg)
+	}
+	return c, reply.SID
+}
+
+// heapInUse is the live heap after a collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// Attachments of a binary packet for a namespace not joined (here: before
+// any CONNECT) were buffered until the connect timeout: 63 MB per
+// connection without a login. They are dropped as they arrive; a joined
+// socket's attachments may total at most max_payload.
+func TestAttachmentsBounded(t *testing.T) {
+	st := newStack(t, func(c *Config, _ *presencesvc.Config) { c.MaxPayload = 1 << 20 })
+	w := st.dial("", nil)
+	before := heapInUse()
+	w.send(`4563-["x"]`)
+	frame := make([]byte, 1<<20)
+	for range 63 {
+		must(t, w.c.WriteMessage(websocket.BinaryMessage, frame))
+	}
+	// The engine is still open and usable.
+	if got := w.connectReply(`{"token":"` + st.token("ann") + `"}`); !strings.HasPrefix(got, "40{") {
+		t.Fatalf("connect after dropped attachments: %q", got)
+	}
+	if grew := int64(heapInUse()) - int64(before); grew > 16<<20 {
+		t.Fatalf("heap grew by %d MB holding attachments of a packet nobody takes", grew>>20)
+	}
+	// Joined: attachments over max_payload in total close the connection.
+	w.send(`453-["x"]`)
+	for range 2 {
+		must(t, w.c.WriteMessage(websocket.BinaryMessage, frame[:600<<10]))
+	}
+	if ce := w.expectClosed(2 * time.Second); ce.Code != websocket.CloseProtocolError {
+		t.Fatalf("close %d, want 1002", ce.Code)
+	}
+}
+
+// After its last namespace disconnects, an engine holds no slot: it was
+// kept forever. It is closed after connect_timeout unless it joins again.
+func TestEngineWithoutSocketsTimesOut(t *testing.T) {
+	st := newStack(t, func(c *Config, _ *presencesvc.Config) { c.ConnectTimeout = time.Second })
+	w, _ := st.mustConnect("idle", "")
+	w.send("41")
+	start := time.Now()
+	w.expectClosed(3 * time.Second)
+	if d := time.Since(start); d < 900*time.Millisecond {
+		t.Fatalf("closed after %s, before connect_timeout", d)
+	}
+	// Joining again in time keeps the engine.
+	w2, _ := st.mustConnect("idle", "")
+	w2.send("41")
+	time.Sleep(500 * time.Millisecond)
+	if got := w2.connectReply(`{"token":"` + st.token("idle") + `"}`); !strings.HasPrefix(got, "40{") {
+		t.Fatalf("reconnect: %q", got)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	must(t, client.New(st.nc).NotifyUser("idle", "still", "here"))
+	if got := w2.expect(`42["still"`); got != `42["still","here"]` {
+		t.Fatalf("got %q", got)
+	}
+}
+
+// CONNECT/DISCONNECT loops on one engine cost an auth request and presence
+// writes each: past maxConnectsPerMinute the engine is refused and closed.
+func TestConnectLoopBounded(t *testing.T) {
+	st := newStack(t)
+	w, _ := st.mustConnect("loop", "")
+	w.send("41")
+	for i := 1; i < maxConnectsPerMinute; i++ {
+		if got := w.connectReply(`{"token":"` + st.token("loop") + `"}`); !strings.HasPrefix(got, "40{") {
+			t.Fatalf("connect %d: %q", i+1, got)
+		}
+		w.send("41")
+	}
+	if got := w.connectReply(`{"token":"` + st.token("loop") + `"}`); got != `44{"message":"Too many connection attempts"}` {
+		t.Fatalf("connect %d: %q", maxConnectsPerMinute+1, got)
+	}
+	w.expectClosed(2 * time.Second)
+	eventually(t, 3*time.Second, func() bool { return len(st.presenceList("loop")) == 0 }, "no slot left")
+}
+
+// A client that stops reading while large messages pile up is closed once
+// send_queue_bytes are queued, long before send_queue messages.
+func TestSendQueueBytesBound(t *testing.T) {
+	st := newStack(t, func(c *Config, _ *presencesvc.Config) {
+		c.MaxPayload, c.SendQueue, c.SendQueueBytes = 64<<10, 4096, 256<<10
+	})
+	c, sid := st.rawConnect("big")
+	payload := strings.Repeat("z", 48<<10)
+	cl := client.New(st.nc)
+	for i := range 400 { // 19 MB, more than socket buffers hold
+		must(t, cl.NotifyConn(sid, "bulk", map[string]any{"i": i, "p": payload}))
+	}
+	must(t, st.nc.Flush())
+	// Within a few seconds, not at the write timeout (10 s) of a full socket.
+	eventually(t, 3*time.Second, func() bool { return st.gw.hub.count() == 0 }, "slow client disconnected by bytes")
+	_ = c.Close()
+
+	// Long-polling: packets wait for a GET; their bytes are bounded too.
+	p := st.poller()
+	psid := p.connect(st.token("big"))
+	for i := range 8 {
+		must(t, cl.NotifyConn(psid, "bulk", map[string]any{"i": i, "p": payload}))
+	}
+	must(t, st.nc.Flush())
+	eventually(t, 5*time.Second, func() bool { return st.gw.hub.count() == 0 }, "polling client disconnected by bytes")
+}
+
+// connectReply sends a CONNECT and returns its answer, skipping
+// `connections` updates.
+func (w *wsClient) connectReply(auth string) string {
+	w.t.Helper()
+	w.send("40" + auth)
+	for {
+		if s := w.read(); !isUpdate(s) {
+			return s
+		}
 	}
 }

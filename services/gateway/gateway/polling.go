@@ -14,11 +14,13 @@ import (
 // pollTransport is Engine.IO HTTP long-polling: packets wait in a bounded
 // queue until a GET takes them all in one payload.
 type pollTransport struct {
-	e     *engine
-	limit int
+	e          *engine
+	limit      int // packets
+	limitBytes int
 
 	mu       sync.Mutex
 	queue    []engineio.Packet
+	bytes    int                    // of queue
 	waiter   chan []engineio.Packet // the GET being held, if any
 	closed   bool
 	upgraded bool // the engine moved to WebSocket: polls get 400
@@ -34,8 +36,16 @@ func (t *pollTransport) setProbing(on bool) {
 	}
 }
 
-func newPollTransport(e *engine, limit int) *pollTransport {
-	return &pollTransport{e: e, limit: limit}
+func newPollTransport(e *engine, limit, limitBytes int) *pollTransport {
+	return &pollTransport{e: e, limit: limit, limitBytes: limitBytes}
+}
+
+func packetBytes(ps []engineio.Packet) int {
+	n := 0
+	for _, p := range ps {
+		n += len(p.Data) + 1
+	}
+	return n
 }
 
 func (t *pollTransport) send(ps ...engineio.Packet) {
@@ -44,13 +54,15 @@ func (t *pollTransport) send(ps ...engineio.Packet) {
 		t.mu.Unlock()
 		return
 	}
-	if len(t.queue)+len(ps) > t.limit {
+	n := packetBytes(ps)
+	if len(t.queue)+len(ps) > t.limit || t.bytes+n > t.limitBytes {
 		t.mu.Unlock()
 		// The client stopped polling while data piles up: a slow client.
 		go t.e.close(closeSlow)
 		return
 	}
 	t.queue = append(t.queue, ps...)
+	t.bytes += n
 	t.flushLocked()
 	t.mu.Unlock()
 }
@@ -62,7 +74,7 @@ func (t *pollTransport) flushLocked() {
 	}
 	t.waiter <- t.queue
 	t.waiter = nil
-	t.queue = nil
+	t.queue, t.bytes = nil, 0
 }
 
 // close answers a held GET with a close packet; later GETs get 400.
@@ -97,7 +109,7 @@ func (t *pollTransport) drain() []engineio.Packet {
 		t.waiter = nil
 	}
 	q := t.queue
-	t.queue = nil
+	t.queue, t.bytes = nil, 0
 	t.upgraded = true
 	return q
 }
@@ -126,7 +138,7 @@ func (t *pollTransport) poll(ctx context.Context) ([]engineio.Packet, error) {
 	}
 	if len(t.queue) > 0 {
 		q := t.queue
-		t.queue = nil
+		t.queue, t.bytes = nil, 0
 		t.mu.Unlock()
 		return q, nil
 	}
@@ -148,6 +160,7 @@ func (t *pollTransport) poll(ctx context.Context) ([]engineio.Packet, error) {
 		q := <-ch
 		t.mu.Lock()
 		t.queue = append(q, t.queue...)
+		t.bytes += packetBytes(q)
 		t.mu.Unlock()
 		return nil, ctx.Err()
 	}

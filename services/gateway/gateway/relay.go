@@ -105,6 +105,7 @@ type relayPipe struct {
 	// is written to it.
 	broken    atomic.Bool
 	closeOnce sync.Once
+	queued    *queuedBytes
 
 	mu sync.Mutex
 	s  *melody.Session
@@ -138,7 +139,8 @@ func (g *Gateway) relayUpgrade(w http.ResponseWriter, r *http.Request, sid strin
 		errSessionUnknown.write(w) // unknown, already upgraded, or upgrading
 		return
 	}
-	if err := g.m.HandleRequestWithKeys(w, r, map[string]any{relayKey: p}); err != nil {
+	p.queued = g.newQueued()
+	if err := g.m.HandleRequestWithKeys(w, r, map[string]any{relayKey: p, queuedKey: p.queued}); err != nil {
 		g.log.Debug("relayed websocket upgrade", "err", err)
 		p.toHolderClose(1006)
 	}
@@ -206,6 +208,10 @@ func (p *relayPipe) fromHolder(m *nats.Msg) {
 		code, _ := strconv.Atoi(c)
 		_ = s.CloseWithMsg(melody.FormatCloseMessage(code, string(m.Data)))
 		p.g.unsubscribe(p.sub)
+		return
+	}
+	if !p.queued.add(len(m.Data)) {
+		p.slow()
 		return
 	}
 	if m.Header.Get(headerBinary) != "" {

@@ -19,9 +19,10 @@ import (
 )
 
 var (
-	errUnexpectedBinary  = errors.New("binary message without a binary packet")
-	errMissingAttachment = errors.New("text message while attachments were due")
-	errUnexpectedPacket  = errors.New("unexpected packet")
+	errUnexpectedBinary    = errors.New("binary message without a binary packet")
+	errMissingAttachment   = errors.New("text message while attachments were due")
+	errUnexpectedPacket    = errors.New("unexpected packet")
+	errAttachmentsTooLarge = errors.New("attachments larger than max_payload")
 )
 
 type socketState uint8
@@ -114,7 +115,6 @@ func (e *engine) connect(p socketio.Packet) {
 		return
 	}
 	s.state = stateConnected
-	e.connected = true
 	sid, _ := json.Marshal(map[string]string{"sid": s.id})
 	e.tr.send(engineio.Packet{Type: engineio.Message, Data: socketio.Packet{Type: socketio.Connect, Namespace: ns, Data: sid}.Encode()})
 	e.tr.send(s.pending...)
@@ -220,7 +220,7 @@ func (s *socket) deliver(ps ...engineio.Packet) {
 	e.mu.Lock()
 	switch s.state {
 	case statePending:
-		if len(s.pending)+len(ps) > e.g.cfg.SendQueue {
+		if len(s.pending)+len(ps) > e.g.cfg.SendQueue || packetBytes(s.pending)+packetBytes(ps) > e.g.cfg.SendQueueBytes {
 			e.mu.Unlock()
 			go e.close(closeSlow)
 			return
