@@ -335,6 +335,10 @@ class Stack {
             ...env,
             SB_GATEWAY_LISTEN: `127.0.0.1:${this.gatewayPorts[name]}`,
             SB_GATEWAY_ALLOWED_ORIGINS: 'http://localhost:*,http://127.0.0.1:*',
+            // Every test client shares one address.
+            SB_GATEWAY_MAX_ENGINES_PER_IP: '50000',
+            SB_GATEWAY_HANDSHAKE_RATE: '10000',
+            SB_GATEWAY_HANDSHAKE_BURST: '10000',
             ...this.gatewayEnv,
           };
         }

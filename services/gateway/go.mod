@@ -76,7 +76,6 @@ require (
 	golang.org/x/sync v0.24.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
-	golang.org/x/time v0.16.0 // indirect
 	google.golang.org/api v0.279.0 // indirect
 	google.golang.org/appengine/v2 v2.0.6 // indirect
 	google.golang.org/genproto v0.0.0-20260511170946-3700d4141b60 // indirect
@@ -92,6 +91,7 @@ require (
 	github.com/gorilla/websocket v1.5.0
 	github.com/switchboard-rt/switchboard/services/auth v0.0.0
 	github.com/switchboard-rt/switchboard/services/presence v0.0.0
+	golang.org/x/time v0.16.0
 )
 
 replace github.com/switchboard-rt/switchboard/services/auth => ../auth

@@ -85,7 +85,12 @@ type Config struct {
 // DefaultConfig is the configuration of `make run`.
 func DefaultConfig() Config {
 	gw := gateway.DefaultConfig()
+	// Loopback only: the stack accepts tokens signed with the public
+	// development secret.
+	gw.Listen = "127.0.0.1:3000"
 	gw.AllowedOrigins = []string{"http://localhost:*", "http://127.0.0.1:*"}
+	// Every client of a development stack shares one address.
+	gw.MaxEnginesPerIP, gw.HandshakeRate, gw.HandshakeBurst = gw.MaxEngines, 10000, 10000
 	return Config{
 		NATSServer: NATSServerConfig{Listen: "127.0.0.1:4222", StoreDir: "data/nats"},
 		Services:   []string{ServiceGateway, ServiceAuth, ServicePresence, ServiceTimer},

@@ -17,8 +17,29 @@ type Config struct {
 	ConnectTimeout  time.Duration `koanf:"connect_timeout"`
 	AllowedOrigins  []string      `koanf:"allowed_origins"`
 	AllowQueryToken bool          `koanf:"allow_query_token"`
-	TrustProxy      bool          `koanf:"trust_proxy"`
-	SendQueue       int           `koanf:"send_queue"`
+	// TrustProxy is no longer supported: TrustedProxies names the proxies
+	// whose X-Forwarded-For is believed.
+	TrustProxy bool `koanf:"trust_proxy"`
+	// TrustedProxies lists addresses and CIDR ranges of reverse proxies:
+	// from a peer among them, the client address is the right-most
+	// X-Forwarded-For entry that is not one of them.
+	TrustedProxies []string `koanf:"trusted_proxies"`
+	// MaxEngines bounds the engine connections of this gateway.
+	MaxEngines int `koanf:"max_engines"`
+	// MaxEnginesPerIP bounds the engine connections of one client address
+	// on this gateway.
+	MaxEnginesPerIP int `koanf:"max_engines_per_ip"`
+	// HandshakeRate (per second) and HandshakeBurst bound the new engine
+	// connections of one client address (a token bucket).
+	HandshakeRate  float64 `koanf:"handshake_rate"`
+	HandshakeBurst int     `koanf:"handshake_burst"`
+	// MaxHeaderBytes bounds the request headers of an HTTP request;
+	// BodyTimeout the reading of a POST body; IdleTimeout how long an idle
+	// keep-alive connection stays open.
+	MaxHeaderBytes int           `koanf:"max_header_bytes"`
+	BodyTimeout    time.Duration `koanf:"body_timeout"`
+	IdleTimeout    time.Duration `koanf:"idle_timeout"`
+	SendQueue      int           `koanf:"send_queue"`
 	// SendQueueBytes bounds the bytes queued for one client (WebSocket
 	// frames not yet written, polling packets not yet fetched, deliveries
 	// held during the handshake); past it the client is disconnected as
@@ -48,6 +69,13 @@ func DefaultConfig() Config {
 		AllowQueryToken:   true,
 		SendQueue:         256,
 		SendQueueBytes:    4 << 20,
+		MaxEngines:        50000,
+		MaxEnginesPerIP:   256,
+		HandshakeRate:     20,
+		HandshakeBurst:    100,
+		MaxHeaderBytes:    32 << 10,
+		BodyTimeout:       10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
 		RequestTimeout:    5 * time.Second,
 		HeartbeatInterval: 3 * time.Second,
 		Namespaces:        []string{"/"},
@@ -72,6 +100,13 @@ func (c Config) validate() error {
 	check(c.RequestTimeout > 0, "request_timeout must be positive")
 	check(c.HeartbeatInterval > 0, "heartbeat_interval must be positive")
 	check(c.MaxPendingAcks > 0, "max_pending_acks must be positive")
+	check(!c.TrustProxy, "trust_proxy is replaced by trusted_proxies: list the addresses or CIDR ranges of your reverse proxies")
+	_, err := parseProxies(c.TrustedProxies)
+	check(err == nil, "trusted_proxies: %v", err)
+	check(c.MaxEngines > 0 && c.MaxEnginesPerIP > 0, "max_engines and max_engines_per_ip must be positive")
+	check(c.HandshakeRate > 0 && c.HandshakeBurst > 0, "handshake_rate and handshake_burst must be positive")
+	check(c.MaxHeaderBytes >= 4096, "max_header_bytes must be at least 4096")
+	check(c.BodyTimeout > 0 && c.IdleTimeout > 0, "body_timeout and idle_timeout must be positive")
 	check(len(c.Namespaces) > 0, "namespaces is empty")
 	for _, ns := range c.Namespaces {
 		check(strings.HasPrefix(ns, "/"), "namespace %q must start with /", ns)

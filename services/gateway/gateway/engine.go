@@ -3,9 +3,7 @@ package gateway
 import (
 	"encoding/json"
 	"log/slog"
-	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -181,28 +179,12 @@ func newEngine(g *Gateway, r *http.Request) *engine {
 	return &engine{
 		g:         g,
 		id:        newID(),
-		ip:        clientIP(r, g.cfg.TrustProxy),
+		ip:        g.proxies.clientIP(r.RemoteAddr, r.Header.Values("X-Forwarded-For")),
 		userAgent: r.UserAgent(),
 		header:    r.Header.Clone(),
 		query:     r.URL.Query(),
 		sockets:   map[string]*socket{},
 	}
-}
-
-func clientIP(r *http.Request, trustProxy bool) string {
-	if trustProxy {
-		if f := r.Header.Get("X-Forwarded-For"); f != "" {
-			first, _, _ := strings.Cut(f, ",")
-			if ip := net.ParseIP(strings.TrimSpace(first)); ip != nil {
-				return ip.String()
-			}
-		}
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
 }
 
 func (e *engine) log() *slog.Logger { return e.g.log.With("engine", e.id) }
@@ -237,6 +219,13 @@ func (e *engine) attach(tr transport) {
 	now := time.Now()
 	e.g.sched.Set(timerKey{e: e, kind: timerPing}, now.Add(e.g.cfg.PingInterval))
 	e.g.sched.Set(timerKey{e: e, kind: timerConnect}, now.Add(e.g.cfg.ConnectTimeout))
+}
+
+// attached reports whether the engine got its first transport.
+func (e *engine) attached() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.tr != nil
 }
 
 func (e *engine) sendPacket(p engineio.Packet) {

@@ -60,6 +60,8 @@ type Gateway struct {
 	nsAllow map[string]bool
 	sched   *sched.Scheduler[timerKey]
 	hub     *hub
+	adm     *admission
+	proxies proxies
 
 	ln   net.Listener
 	srv  *http.Server
@@ -89,6 +91,7 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 		nc:       nc,
 		id:       cfg.ID,
 		origins:  newOriginChecker(cfg.AllowedOrigins),
+		adm:      newAdmission(cfg),
 		nsAllow:  map[string]bool{},
 		subs:     map[*nats.Subscription]func(*nats.Msg){},
 		releases: map[string]api.ReleaseRequest{},
@@ -96,6 +99,7 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	for _, o := range opts {
 		o(&g.opts)
 	}
+	g.proxies, _ = parseProxies(cfg.TrustedProxies) // validated
 	if g.id == "" {
 		g.id = newID()
 	}
@@ -149,13 +153,14 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	mux := http.NewServeMux()
 	mux.HandleFunc(cfg.Path, g.serveEngine)
 	mux.HandleFunc("/healthz", g.serveHealth)
-	g.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	g.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: cfg.IdleTimeout, MaxHeaderBytes: cfg.MaxHeaderBytes}
 	g.goRun(func() {
 		if err := g.srv.Serve(g.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			g.log.Error("http server", "err", err)
 		}
 	})
 	g.goRun(func() { g.sched.Run(g.ctx) })
+	g.goRun(g.sweepLoop)
 	g.goRun(g.heartbeatLoop)
 	prev := nc.Opts.ReconnectedCB
 	nc.SetReconnectHandler(func(c *nats.Conn) {
@@ -166,6 +171,32 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	})
 	g.log.Info("gateway listening", "addr", g.ln.Addr().String(), "path", cfg.Path)
 	return g, nil
+}
+
+// sweepLoop forgets, every minute, client addresses without engines.
+func (g *Gateway) sweepLoop() {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case now := <-t.C:
+			g.adm.sweep(now.Add(-time.Minute))
+		}
+	}
+}
+
+// newEngine admits a new engine connection of r's client, or answers the
+// refusal (HTTP 429 or 503) and returns nil.
+func (g *Gateway) admitEngine(w http.ResponseWriter, r *http.Request) *engine {
+	e := newEngine(g, r)
+	if refused := g.adm.admit(e.ip, time.Now()); refused != nil {
+		g.log.Debug("handshake refused", "ip", e.ip, "reason", refused.message)
+		refused.write(w)
+		return nil
+	}
+	return e
 }
 
 func (g *Gateway) goRun(fn func()) {
@@ -225,6 +256,10 @@ var (
 	errBadRequest       = engineError{400, 3, "Bad request"}
 	errForbidden        = engineError{403, 4, "Forbidden"}
 	errBadVersion       = engineError{400, 5, "Unsupported protocol version"}
+	// Admission refusals (not in the reference server).
+	errBusy          = engineError{503, 3, "Server busy"}
+	errTooManyFromIP = engineError{429, 3, "Too many connections from this address"}
+	errHandshakeRate = engineError{429, 3, "Too many handshakes from this address"}
 )
 
 type engineError struct {
@@ -286,7 +321,9 @@ func (g *Gateway) serveEngine(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if sid == "" {
-			g.acceptWebSocket(w, r, newEngine(g, r), false)
+			if e := g.admitEngine(w, r); e != nil {
+				g.acceptWebSocket(w, r, e, false)
+			}
 			return
 		}
 		e := g.hub.engine(sid)
@@ -302,7 +339,10 @@ func (g *Gateway) serveEngine(w http.ResponseWriter, r *http.Request) {
 	case q.Get("transport") == "polling":
 		switch {
 		case sid == "" && r.Method == http.MethodGet:
-			e := newEngine(g, r)
+			e := g.admitEngine(w, r)
+			if e == nil {
+				return
+			}
 			e.attach(newPollTransport(e, g.cfg.SendQueue, g.cfg.SendQueueBytes))
 			if err := g.hub.addForward(e); err != nil {
 				g.log.Warn("engine forwarding", "err", err)
@@ -313,8 +353,16 @@ func (g *Gateway) serveEngine(w http.ResponseWriter, r *http.Request) {
 		case r.Method != http.MethodGet && r.Method != http.MethodPost:
 			errBadMethod.write(w)
 		default:
+			rc := http.NewResponseController(w)
+			if r.Method == http.MethodPost {
+				_ = rc.SetReadDeadline(time.Now().Add(g.cfg.BodyTimeout))
+			}
 			body, err := readBody(r, g.cfg.MaxPayload)
-			if err != nil {
+			if r.Method == http.MethodPost {
+				_ = rc.SetReadDeadline(time.Time{})
+			}
+			if err != nil { // the connection's input is unusable after this
+				w.Header().Set("Connection", "close")
 				errBadRequest.write(w)
 				return
 			}
@@ -338,6 +386,8 @@ func (g *Gateway) acceptWebSocket(w http.ResponseWriter, r *http.Request, e *eng
 		g.log.Debug("websocket upgrade", "err", err)
 		if probe {
 			e.abortUpgrade(nil)
+		} else if !e.attached() {
+			g.adm.release(e.ip) // never became an engine connection
 		}
 	}
 }

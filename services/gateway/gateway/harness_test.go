@@ -46,6 +46,8 @@ func newStack(t testing.TB, opts ...stackOpt) *stack {
 	cfg.Listen = "127.0.0.1:0"
 	cfg.RequestTimeout = 2 * time.Second
 	cfg.HeartbeatInterval = 200 * time.Millisecond
+	// Every test client shares one address.
+	cfg.MaxEnginesPerIP, cfg.HandshakeRate, cfg.HandshakeBurst = cfg.MaxEngines, 1e6, 1e6
 	pcfg := presencesvc.DefaultConfig()
 	for _, o := range opts {
 		o(&cfg, &pcfg)

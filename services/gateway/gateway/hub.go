@@ -48,12 +48,17 @@ func (h *hub) addEngine(e *engine) {
 	h.mu.Unlock()
 }
 
+// removeEngine forgets a closed engine and gives back its admission.
 func (h *hub) removeEngine(e *engine) {
 	h.mu.Lock()
-	if h.engs[e.id] == e {
+	held := h.engs[e.id] == e
+	if held {
 		delete(h.engs, e.id)
 	}
 	h.mu.Unlock()
+	if held {
+		h.g.adm.release(e.ip)
+	}
 }
 
 func (h *hub) engines() []*engine {

@@ -609,6 +609,7 @@ func (st *stack) secondGateway(opts ...func(*Config)) *Gateway {
 	st.t.Helper()
 	cfg := DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
+	cfg.MaxEnginesPerIP, cfg.HandshakeRate, cfg.HandshakeBurst = cfg.MaxEngines, 1e6, 1e6
 	for _, o := range opts {
 		o(&cfg)
 	}
