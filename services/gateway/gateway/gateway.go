@@ -37,11 +37,15 @@ type Option func(*options)
 type options struct {
 	noAuth      bool
 	forwardAuth bool
+	shardBuffer int // deliveries buffered per dispatcher shard (0: 8192)
 }
 
 // WithoutAuth admits every CONNECT without asking the auth service; the
 // user id is the socket id. Only development profiles use it.
 func WithoutAuth() Option { return func(o *options) { o.noAuth = true } }
+
+// withShardBuffer sets the deliveries buffered per dispatcher shard.
+func withShardBuffer(n int) Option { return func(o *options) { o.shardBuffer = n } }
 
 // ForwardAuth puts the CONNECT auth payload in the body of sb.in.connect.
 // By default it is never put on NATS (it usually holds a token); only the
@@ -66,10 +70,11 @@ type Gateway struct {
 	ln   net.Listener
 	srv  *http.Server
 	ctrl *nats.Subscription
+	all  *nats.Subscription // sb.out.all
 
 	shards []chan *nats.Msg
 	subsMu sync.RWMutex
-	subs   map[*nats.Subscription]func(*nats.Msg)
+	subs   map[*nats.Subscription]subEntry
 
 	relMu    sync.Mutex
 	releases map[string]api.ReleaseRequest // releases to retry
@@ -93,7 +98,7 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 		origins:  newOriginChecker(cfg.AllowedOrigins),
 		adm:      newAdmission(cfg),
 		nsAllow:  map[string]bool{},
-		subs:     map[*nats.Subscription]func(*nats.Msg){},
+		subs:     map[*nats.Subscription]subEntry{},
 		releases: map[string]api.ReleaseRequest{},
 	}
 	for _, o := range opts {
@@ -128,13 +133,35 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 
 	n := max(2, runtime.GOMAXPROCS(0))
 	g.shards = make([]chan *nats.Msg, n)
+	buf := g.opts.shardBuffer
+	if buf == 0 {
+		buf = 8192
+	}
+	// A delivery that finds its shard full is dropped by NATS (a slow
+	// consumer): the sockets it was for are closed, never left open
+	// with a gap.
+	prevErr := nc.ErrorHandler()
+	nc.SetErrorHandler(func(c *nats.Conn, sub *nats.Subscription, err error) {
+		if prevErr != nil {
+			prevErr(c, sub, err)
+		}
+		if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
+			g.dropped(sub)
+		}
+	})
 	for i := range g.shards {
-		ch := make(chan *nats.Msg, 8192)
+		ch := make(chan *nats.Msg, buf)
 		g.shards[i] = ch
 		g.goRun(func() { g.dispatch(ch) })
 	}
-	if _, err := g.subscribe(subject.OutAll, g.hub.deliverAll); err != nil {
-		return nil, err
+	// Broadcasts have a subscription (and goroutine) of their own, with a
+	// deep pending queue.
+	var err error
+	if g.all, err = nc.Subscribe(subject.OutAll, g.hub.deliverAll); err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", subject.OutAll, err)
+	}
+	if err := g.all.SetPendingLimits(1<<16, 256<<20); err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", subject.OutAll, err)
 	}
 	ctrlSubj, err := subject.GatewayControl(g.id, subject.OpDisconnect)
 	if err != nil {
@@ -231,6 +258,9 @@ func (g *Gateway) Stop(ctx context.Context) error {
 	g.cancel()
 	if g.ctrl != nil {
 		_ = g.ctrl.Unsubscribe()
+	}
+	if g.all != nil {
+		_ = g.all.Unsubscribe()
 	}
 	_ = g.m.Close()
 	g.wg.Wait()
@@ -465,10 +495,18 @@ func (g *Gateway) onWSError(s *melody.Session, err error) {
 	g.log.Debug("websocket", "err", err)
 }
 
+// subEntry is what a delivery subscription's messages go to, and what to
+// do when NATS dropped one of them (nil: nothing).
+type subEntry struct {
+	fn     func(*nats.Msg)
+	onDrop func()
+}
+
 // subscribe adds a NATS subscription whose messages are handled by fn on a
 // dispatcher shard chosen by subject (so one subject's messages stay in
-// order). There is no goroutine per subscription.
-func (g *Gateway) subscribe(subj string, fn func(*nats.Msg)) (*nats.Subscription, error) {
+// order). There is no goroutine per subscription. A message dropped
+// because the shard was full calls onDrop.
+func (g *Gateway) subscribe(subj string, fn func(*nats.Msg), onDrop func()) (*nats.Subscription, error) {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(subj))
 	ch := g.shards[int(h.Sum32()%uint32(len(g.shards)))]
@@ -478,9 +516,26 @@ func (g *Gateway) subscribe(subj string, fn func(*nats.Msg)) (*nats.Subscription
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", subj, err)
 	}
-	_ = sub.SetPendingLimits(-1, -1)
-	g.subs[sub] = fn
+	g.subs[sub] = subEntry{fn, onDrop}
 	return sub, nil
+}
+
+// dropped acts on a message NATS dropped for sub.
+func (g *Gateway) dropped(sub *nats.Subscription) {
+	if sub == g.all {
+		g.log.Error("broadcast deliveries dropped: closing every connection so that clients resynchronise")
+		for _, e := range g.hub.engines() {
+			e.slow()
+		}
+		return
+	}
+	g.subsMu.RLock()
+	x, ok := g.subs[sub]
+	g.subsMu.RUnlock()
+	g.log.Warn("deliveries dropped: the gateway is overloaded", "subject", sub.Subject)
+	if ok && x.onDrop != nil {
+		go x.onDrop()
+	}
 }
 
 func (g *Gateway) unsubscribe(sub *nats.Subscription) {
@@ -502,10 +557,10 @@ func (g *Gateway) dispatch(ch chan *nats.Msg) {
 			return
 		case m := <-ch:
 			g.subsMu.RLock()
-			fn := g.subs[m.Sub]
+			x := g.subs[m.Sub]
 			g.subsMu.RUnlock()
-			if fn != nil {
-				fn(m)
+			if x.fn != nil {
+				x.fn(m)
 			}
 		}
 	}

@@ -7,8 +7,11 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"testing"
@@ -16,7 +19,9 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/switchboard-rt/switchboard/pkg/api"
 	"github.com/switchboard-rt/switchboard/pkg/client"
+	"github.com/switchboard-rt/switchboard/pkg/subject"
 	"github.com/switchboard-rt/switchboard/services/presence/presencesvc"
 )
 
@@ -230,5 +235,68 @@ func (w *wsClient) connectReply(auth string) string {
 		if s := w.read(); !isUpdate(s) {
 			return s
 		}
+	}
+}
+
+// Deliveries that find their dispatcher shard full are dropped by NATS (a
+// slow consumer): they used to vanish while the socket stayed open. Now
+// the socket they were for is closed: what it received is a gap-free
+// prefix, and it is complete unless the socket was closed.
+func TestDroppedDeliveryClosesSocket(t *testing.T) {
+	st := newStack(t)
+	gw2 := st.secondGatewayWith([]Option{withShardBuffer(1)}, func(c *Config) {
+		c.SendQueue, c.SendQueueBytes = 1<<16, 64<<20
+	})
+	via := *st
+	via.gw = gw2
+	w, sid := via.mustConnect("dro", "")
+	cl := client.New(st.nc)
+	const n = 5000
+	for i := range n {
+		must(t, cl.NotifyConn(sid, "seq", i))
+	}
+	must(t, st.nc.Flush())
+	next, closed := 0, false
+	for !closed && next < n {
+		s, err := w.tryRead(3 * time.Second)
+		switch {
+		case errors.Is(err, errReadTimeout):
+			t.Fatalf("received %d of %d and the socket is still open", next, n)
+		case err != nil:
+			closed = true
+		case strings.HasPrefix(s, `42["seq",`):
+			if want := fmt.Sprintf(`42["seq",%d]`, next); s != want {
+				t.Fatalf("got %s, want %s: a delivery was lost while the socket stayed open", s, want)
+			}
+			next++
+		}
+	}
+	if next < n && !closed {
+		t.Fatalf("received %d of %d and the socket is still open", next, n)
+	}
+	t.Logf("received %d of %d, closed %v", next, n, closed)
+	if next == n {
+		t.Log("no delivery was dropped this run")
+	}
+}
+
+// A socket whose user subscriptions cannot be made leaves nothing behind:
+// its connection subscription was kept and it stayed in the hub.
+func TestAddSocketFailureLeaksNothing(t *testing.T) {
+	st := newStack(t)
+	g := st.gw
+	g.subsMu.RLock()
+	before := len(g.subs)
+	g.subsMu.RUnlock()
+	e := newEngine(g, httptest.NewRequest(http.MethodGet, "/socket.io/", nil))
+	s := &socket{e: e, ns: "/", id: newID(), conn: api.Conn{UserID: strings.Repeat("u", subject.MaxIDLen+1)}}
+	if err := g.hub.addSocket(s); err == nil {
+		t.Fatal("addSocket of an invalid user id succeeded")
+	}
+	g.subsMu.RLock()
+	after := len(g.subs)
+	g.subsMu.RUnlock()
+	if after != before || g.hub.socket(s.id) != nil {
+		t.Fatalf("subscriptions %d → %d, socket in hub: %v", before, after, g.hub.socket(s.id) != nil)
 	}
 }

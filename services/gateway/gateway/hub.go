@@ -95,43 +95,60 @@ func (h *hub) addSocket(s *socket) error {
 	if err != nil {
 		return err
 	}
-	if s.subConn, err = h.g.subscribe(connSubj, func(m *nats.Msg) { h.g.deliver(m, []*socket{s}) }); err != nil {
+	if s.subConn, err = h.g.subscribe(connSubj, func(m *nats.Msg) { h.g.deliver(m, []*socket{s}) }, s.e.slow); err != nil {
 		return err
 	}
 	uid := s.conn.UserID
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.sockets[s.id] = s
-	u := h.users[uid]
-	if u == nil {
-		u = &userEntry{sockets: map[*socket]struct{}{}}
-		userSubj, err := subject.OutUser(uid)
-		if err != nil {
+	if h.users[uid] == nil {
+		if err := h.subscribeUser(uid); err != nil {
+			h.g.unsubscribe(s.subConn)
+			s.subConn = nil
 			return err
 		}
-		devSubj, err := subject.OutDeviceAll(uid)
-		if err != nil {
-			return err
-		}
-		for _, sub := range []struct {
-			subj string
-			fn   func(*nats.Msg)
-		}{
-			{userSubj, func(m *nats.Msg) { h.g.deliver(m, h.userSockets(uid, "")) }},
-			{devSubj, func(m *nats.Msg) { h.deliverDevice(uid, m) }},
-		} {
-			ns, err := h.g.subscribe(sub.subj, sub.fn)
-			if err != nil {
-				for _, x := range u.subs {
-					h.g.unsubscribe(x)
-				}
-				return err
-			}
-			u.subs = append(u.subs, ns)
-		}
-		h.users[uid] = u
 	}
+	u := h.users[uid]
+	h.sockets[s.id] = s
 	u.sockets[s] = struct{}{}
+	return nil
+}
+
+// subscribeUser adds the user's delivery subscriptions and entry; h.mu is
+// held.
+func (h *hub) subscribeUser(uid string) error {
+	userSubj, err := subject.OutUser(uid)
+	if err != nil {
+		return err
+	}
+	devSubj, err := subject.OutDeviceAll(uid)
+	if err != nil {
+		return err
+	}
+	// A dropped delivery to the user ends the user's sockets here.
+	slowAll := func() {
+		for _, s := range h.userSockets(uid, "") {
+			s.e.slow()
+		}
+	}
+	u := &userEntry{sockets: map[*socket]struct{}{}}
+	for _, sub := range []struct {
+		subj string
+		fn   func(*nats.Msg)
+	}{
+		{userSubj, func(m *nats.Msg) { h.g.deliver(m, h.userSockets(uid, "")) }},
+		{devSubj, func(m *nats.Msg) { h.deliverDevice(uid, m) }},
+	} {
+		ns, err := h.g.subscribe(sub.subj, sub.fn, slowAll)
+		if err != nil {
+			for _, x := range u.subs {
+				h.g.unsubscribe(x)
+			}
+			return err
+		}
+		u.subs = append(u.subs, ns)
+	}
+	h.users[uid] = u
 	return nil
 }
 

@@ -606,6 +606,11 @@ func TestRelayedWebSocketCloseEndsTheSession(t *testing.T) {
 
 // secondGateway starts another gateway on the stack's NATS.
 func (st *stack) secondGateway(opts ...func(*Config)) *Gateway {
+	return st.secondGatewayWith(nil, opts...)
+}
+
+// secondGatewayWith starts another gateway built with the Go options gopts.
+func (st *stack) secondGatewayWith(gopts []Option, opts ...func(*Config)) *Gateway {
 	st.t.Helper()
 	cfg := DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
@@ -613,7 +618,7 @@ func (st *stack) secondGateway(opts ...func(*Config)) *Gateway {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	gw, err := Start(context.Background(), slog.New(slog.NewTextHandler(st.logs, nil)), st.srv.Conn(st.t), cfg)
+	gw, err := Start(context.Background(), slog.New(slog.NewTextHandler(st.logs, nil)), st.srv.Conn(st.t), cfg, gopts...)
 	if err != nil {
 		st.t.Fatal(err)
 	}

@@ -124,7 +124,7 @@ func (g *Gateway) relayUpgrade(w http.ResponseWriter, r *http.Request, sid strin
 	}
 	p := &relayPipe{g: g, in: in}
 	var err error
-	if p.sub, err = g.subscribe(out, p.fromHolder); err != nil {
+	if p.sub, err = g.subscribe(out, p.fromHolder, p.slow); err != nil {
 		errBadRequest.write(w)
 		return
 	}

@@ -156,7 +156,7 @@ func (h *hub) addForward(e *engine) error {
 	if err != nil {
 		return err
 	}
-	sub, err := h.g.subscribe(subj, func(m *nats.Msg) { go e.serveForwarded(m) })
+	sub, err := h.g.subscribe(subj, func(m *nats.Msg) { go e.serveForwarded(m) }, nil) // a dropped request times out at its sender
 	if err != nil {
 		return err
 	}
