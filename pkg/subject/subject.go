@@ -189,6 +189,25 @@ func In(event string) (string, error) {
 	return join(Prefix, "in", t[0]), nil
 }
 
+// IsInbox reports whether subj is a reply inbox: "_INBOX." or a
+// per-service prefix "_INBOX_<name>." followed by at least one token. The
+// gateway publishes replies (client acks, errors) only to inboxes, never
+// to a subject a requester chose otherwise.
+func IsInbox(subj string) bool {
+	rest, ok := strings.CutPrefix(subj, "_INBOX")
+	if !ok {
+		return false
+	}
+	if rest, ok = strings.CutPrefix(rest, "_"); ok {
+		name, after, found := strings.Cut(rest, ".")
+		if !found || name == "" || !isPlain(name) {
+			return false
+		}
+		rest = "." + after
+	}
+	return strings.HasPrefix(rest, ".") && len(rest) > 1 && !strings.ContainsAny(rest, " \t\r\n*>") && !strings.Contains(rest, "..") && !strings.HasSuffix(rest, ".")
+}
+
 // InAll matches every client event (a subscription).
 const InAll = Prefix + ".in.*"
 

@@ -403,3 +403,29 @@ func TestKeyToken(t *testing.T) {
 		t.Fatal("a subject token is not a key token")
 	}
 }
+
+func TestIsInbox(t *testing.T) {
+	for subj, want := range map[string]bool{
+		"_INBOX.abc":         true,
+		"_INBOX.abc.def":     true,
+		"_INBOX_gateway.x.y": true,
+		"_INBOX_a-b_c.x":     true,
+		"_INBOX":             false,
+		"_INBOX.":            false,
+		"_INBOX_.x":          false,
+		"_INBOX_gw":          false,
+		"_INBOXES.x":         false,
+		"sb.in.timerStart":   false,
+		"sb.out.user.bob":    false,
+		"_INBOX.a..b":        false,
+		"_INBOX.>":           false,
+		"_INBOX.*":           false,
+		"_INBOX.a b":         false,
+		"x._INBOX.a":         false,
+		"_INBOX_g.w.x.":      false,
+	} {
+		if got := IsInbox(subj); got != want {
+			t.Errorf("IsInbox(%q) = %v, want %v", subj, got, want)
+		}
+	}
+}

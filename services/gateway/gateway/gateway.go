@@ -362,7 +362,9 @@ func (g *Gateway) serveEngine(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if !e.startUpgrade() {
-			errSessionUnknown.write(w) // already upgraded, or upgrading
+			// Already upgraded, or upgrading: as the reference server does,
+			// the WebSocket is accepted and closed at once.
+			g.acceptAndClose(w, r)
 			return
 		}
 		g.acceptWebSocket(w, r, e, true)
@@ -405,6 +407,17 @@ func (g *Gateway) serveEngine(w http.ResponseWriter, r *http.Request) {
 	default:
 		errTransportUnknown.write(w)
 	}
+}
+
+// acceptAndClose completes a WebSocket handshake and closes the connection
+// at once (normal closure).
+func (g *Gateway) acceptAndClose(w http.ResponseWriter, r *http.Request) {
+	c, err := g.m.Upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader answered the request
+	}
+	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+	_ = c.Close()
 }
 
 func (g *Gateway) acceptWebSocket(w http.ResponseWriter, r *http.Request, e *engine, probe bool) {

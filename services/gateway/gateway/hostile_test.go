@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
 	"github.com/switchboard-rt/switchboard/pkg/client"
@@ -298,5 +299,97 @@ func TestAddSocketFailureLeaksNothing(t *testing.T) {
 	g.subsMu.RUnlock()
 	if after != before || g.hub.socket(s.id) != nil {
 		t.Fatalf("subscriptions %d → %d, socket in hub: %v", before, after, g.hub.socket(s.id) != nil)
+	}
+}
+
+// Event names that a NATS header would rewrite (control characters, white
+// space at either end) let a client make Sb-Event read "disconnect": they
+// are refused and nothing is published.
+func TestEventNamesThatForgeHeadersRefused(t *testing.T) {
+	st := newStack(t)
+	sub, _ := st.nc.SubscribeSync("sb.in.>")
+	_ = st.nc.Flush()
+	w, _ := st.mustConnect("fox", "")
+	for _, name := range []string{"disconnect\n", "disconnect\r", " disconnect", "disconnect ", "dis\x00connect", "\tconnect", "x\x7f"} {
+		frame, _ := json.Marshal([]string{name})
+		w.send("421" + string(frame))
+		if got := w.expect("431"); got != `431[{"status":"error","message":"Invalid event name"}]` {
+			t.Fatalf("%q: ack %q", name, got)
+		}
+	}
+	for {
+		m, err := sub.NextMsg(200 * time.Millisecond)
+		if err != nil {
+			break
+		}
+		if ev := m.Header.Get("Sb-Event"); ev != "connect" || m.Subject != "sb.in.connect" {
+			t.Fatalf("published %s with Sb-Event %q", m.Subject, ev)
+		}
+	}
+}
+
+// A service asking a client's ack with a reply subject that is not an
+// inbox (here: another user's delivery subject) gets nothing published
+// there.
+func TestAckOnlyToInboxes(t *testing.T) {
+	st := newStack(t)
+	victim, _ := st.mustConnect("vic", "")
+	w, sid := st.mustConnect("ack", "")
+	m := nats.NewMsg("sb.out.conn." + sid)
+	m.Header.Set("Sb-Event", "ask")
+	m.Reply = "sb.out.user.vic"
+	m.Data = []byte(`"q"`)
+	must(t, st.nc.PublishMsg(m))
+	if s, err := w.tryRead(500 * time.Millisecond); err == nil && !isUpdate(s) {
+		t.Fatalf("client got %q for a delivery with a forged reply", s)
+	}
+	// A real request with an inbox works.
+	go func() {
+		s := w.expect(`421["ask"`)
+		w.send("431" + "[\"yes\"]")
+		_ = s
+	}()
+	req := nats.NewMsg("sb.out.conn." + sid)
+	req.Header.Set("Sb-Event", "ask")
+	req.Data = []byte(`"q"`)
+	reply, err := st.nc.RequestMsg(req, 3*time.Second)
+	if err != nil || string(reply.Data) != `["yes"]` {
+		t.Fatalf("ack: %v %v", reply, err)
+	}
+	if s, err := victim.tryRead(300 * time.Millisecond); err == nil && !isUpdate(s) {
+		t.Fatalf("the other user got %q", s)
+	}
+}
+
+// Many sockets that connect and leave with expiring tokens leave no timer
+// behind in the scheduler.
+func TestNoTimerOutlivesItsSocket(t *testing.T) {
+	st := newStack(t, func(c *Config, _ *presencesvc.Config) { c.ExpireSockets = true })
+	for range 50 {
+		w, _ := st.mustConnect("exp", "")
+		_ = w.c.Close()
+	}
+	eventually(t, 5*time.Second, func() bool { return st.gw.hub.count() == 0 && st.gw.sched.Len() == 0 }, "scheduler empty once every engine closed")
+}
+
+// A poll sent right after `2probe` and `5` on the WebSocket must get 400,
+// as after the upgrade (it sometimes got 200 when it overtook the `5`).
+func TestPollRightAfterUpgradeGets400(t *testing.T) {
+	st := newStack(t)
+	for i := range 20 {
+		p := st.poller()
+		p.connect(st.token(fmt.Sprintf("up%d", i)))
+		c, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s/socket.io/?EIO=4&transport=websocket&sid=%s", st.gw.Addr(), p.sid), nil)
+		must(t, err)
+		must(t, c.WriteMessage(websocket.TextMessage, []byte("2probe")))
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if _, b, err := c.ReadMessage(); err != nil || string(b) != "3probe" {
+			t.Fatalf("probe answer %q %v", b, err)
+		}
+		must(t, c.WriteMessage(websocket.TextMessage, []byte("5")))
+		if status, body := p.do(http.MethodGet, "", nil); status != 400 {
+			t.Fatalf("run %d: poll right after the upgrade: %d %q", i, status, body)
+		}
+		_ = c.Close()
 	}
 }

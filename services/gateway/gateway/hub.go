@@ -257,6 +257,12 @@ func (g *Gateway) deliver(m *nats.Msg, to []*socket) {
 		args = list
 	}
 	if m.Reply != "" {
+		if !subject.IsInbox(m.Reply) {
+			// A client's ack is published only to a reply inbox, never to
+			// a subject the requester chose otherwise.
+			g.log.Warn("delivery asking an ack on a reply subject that is not an inbox dropped", "subject", m.Subject, "reply", m.Reply)
+			return
+		}
 		for _, s := range to {
 			s.emitWithAck(name, args, m.Reply)
 		}
@@ -304,7 +310,7 @@ func deliveryArgs(data []byte) []json.RawMessage {
 }
 
 func (g *Gateway) respondError(reply string, code int, msg string) {
-	if reply == "" {
+	if !subject.IsInbox(reply) {
 		return
 	}
 	m := nats.NewMsg(reply)

@@ -24,8 +24,15 @@ type pollTransport struct {
 	waiter   chan []engineio.Packet // the GET being held, if any
 	closed   bool
 	upgraded bool // the engine moved to WebSocket: polls get 400
-	probing  bool // a WebSocket probe succeeded: polls get a NOOP at once
+	probing  bool // a WebSocket probe succeeded: polls get a NOOP soon
+	// upgradedCh is closed when the engine moved to WebSocket.
+	upgradedCh chan struct{}
 }
+
+// upgradeGrace is how long a poll that arrives between a successful probe
+// and the upgrade waits for the upgrade (the client sends `5` on the
+// WebSocket just before it): then it gets 400, as after the upgrade.
+const upgradeGrace = 100 * time.Millisecond
 
 func (t *pollTransport) setProbing(on bool) {
 	t.mu.Lock()
@@ -37,7 +44,7 @@ func (t *pollTransport) setProbing(on bool) {
 }
 
 func newPollTransport(e *engine, limit, limitBytes int) *pollTransport {
-	return &pollTransport{e: e, limit: limit, limitBytes: limitBytes}
+	return &pollTransport{e: e, limit: limit, limitBytes: limitBytes, upgradedCh: make(chan struct{})}
 }
 
 func packetBytes(ps []engineio.Packet) int {
@@ -110,7 +117,10 @@ func (t *pollTransport) drain() []engineio.Packet {
 	}
 	q := t.queue
 	t.queue, t.bytes = nil, 0
-	t.upgraded = true
+	if !t.upgraded {
+		t.upgraded = true
+		close(t.upgradedCh)
+	}
 	return q
 }
 
@@ -134,6 +144,12 @@ func (t *pollTransport) poll(ctx context.Context) ([]engineio.Packet, error) {
 	}
 	if t.probing && len(t.queue) == 0 {
 		t.mu.Unlock()
+		select {
+		case <-t.upgradedCh:
+			return nil, errPollGone
+		case <-time.After(upgradeGrace):
+		case <-ctx.Done():
+		}
 		return []engineio.Packet{{Type: engineio.Noop}}, nil
 	}
 	if len(t.queue) > 0 {

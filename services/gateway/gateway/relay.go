@@ -68,8 +68,11 @@ func (t *relayTransport) close(code int, reason string) {
 func (e *engine) acceptRelay(relayID string) httpReply {
 	in, err1 := subject.RelayIn(relayID)
 	out, err2 := subject.RelayOut(relayID)
-	if err := errors.Join(err1, err2); err != nil || !e.startUpgrade() {
+	if err := errors.Join(err1, err2); err != nil {
 		return engineErrReply(errSessionUnknown)
+	}
+	if !e.startUpgrade() {
+		return httpReply{status: http.StatusConflict} // upgraded or upgrading
 	}
 	t := &relayTransport{g: e.g, out: out}
 	// One subscription (and goroutine) per relayed WebSocket, so that a
@@ -136,7 +139,11 @@ func (g *Gateway) relayUpgrade(w http.ResponseWriter, r *http.Request, sid strin
 	cancel()
 	if err != nil || reply.Header.Get(headerStatus) != strconv.Itoa(http.StatusSwitchingProtocols) {
 		g.unsubscribe(p.sub)
-		errSessionUnknown.write(w) // unknown, already upgraded, or upgrading
+		if err == nil && reply.Header.Get(headerStatus) == strconv.Itoa(http.StatusConflict) {
+			g.acceptAndClose(w, r) // already upgraded, or upgrading
+			return
+		}
+		errSessionUnknown.write(w)
 		return
 	}
 	p.queued = g.newQueued()

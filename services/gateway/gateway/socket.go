@@ -123,6 +123,11 @@ func (e *engine) connect(p socketio.Packet) {
 	g.sched.Cancel(timerKey{e: e, kind: timerConnect})
 	if g.cfg.ExpireSockets && !id.Expires.IsZero() {
 		g.sched.Set(timerKey{s: s, kind: timerExpiry}, id.Expires)
+		if !s.isConnected() {
+			// Removed meanwhile: its removal may have cancelled before the
+			// timer was set.
+			g.sched.Cancel(timerKey{s: s, kind: timerExpiry})
+		}
 	}
 	connectArgs := json.RawMessage("[]")
 	if g.opts.forwardAuth && len(p.Data) > 0 {
@@ -282,7 +287,7 @@ func (s *socket) onEvent(p socketio.Packet, parts [][]byte) {
 		return
 	}
 	subj, err := subject.In(name)
-	if err != nil {
+	if err != nil || !headerSafe(name) {
 		fail("Invalid event name")
 		return
 	}
@@ -302,6 +307,22 @@ func (s *socket) onEvent(p socketio.Packet, parts [][]byte) {
 	s.inflight++
 	s.ackMu.Unlock()
 	go s.request(m, p.ID)
+}
+
+// headerSafe reports whether name survives as a NATS header value
+// unchanged: no control characters and no white space at either end
+// (which header encoding would rewrite or trim, so that the Sb-Event a
+// service reads could differ from the event's subject).
+func headerSafe(name string) bool {
+	if name == "" || name[0] == ' ' || name[0] == '\t' || name[len(name)-1] == ' ' || name[len(name)-1] == '\t' {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // inMsg builds a message for sb.in.<event> with the socket's identity.
