@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -65,5 +66,39 @@ func TestServersAreIndependent(t *testing.T) {
 	}
 	if m, err := sub.NextMsg(50 * time.Millisecond); err == nil {
 		t.Errorf("message crossed servers: %q", m.Data)
+	}
+}
+
+func TestProxyCutAndRestore(t *testing.T) {
+	s := Run(t)
+	p := NewProxy(t, s.URL())
+	disconnected := make(chan struct{}, 1)
+	nc, err := nats.Connect(p.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond),
+		nats.DisconnectErrHandler(func(*nats.Conn, error) { disconnected <- struct{}{} }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	direct := s.Conn(t)
+	p.Cut()
+	select {
+	case <-disconnected:
+	case <-time.After(5 * time.Second):
+		t.Fatal("cut did not disconnect the proxied client")
+	}
+	if !direct.IsConnected() {
+		t.Fatal("a direct client lost its connection")
+	}
+	time.Sleep(100 * time.Millisecond)
+	if nc.IsConnected() {
+		t.Fatal("reconnected through a cut proxy")
+	}
+	p.Restore()
+	deadline := time.Now().Add(5 * time.Second)
+	for !nc.IsConnected() {
+		if time.Now().After(deadline) {
+			t.Fatal("no reconnect after restore")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -117,6 +117,11 @@ func (s *Service) sweepLoop() {
 
 // sweep purges every gateway silent for more than GatewayTTL.
 func (s *Service) sweep(now time.Time) {
+	// Cut off from NATS, this instance hears no heartbeat: it judges no
+	// gateway until reconnected (and then grants a new grace period).
+	if !s.nc.IsConnected() {
+		return
+	}
 	// Heartbeats still queued here (this process fell behind) would make
 	// live gateways look dead: sweep once they are taken in.
 	if n, _, err := s.hbSub.Pending(); err == nil && n > 0 {
@@ -135,7 +140,10 @@ func (s *Service) sweep(now time.Time) {
 	}
 	s.gwMu.Unlock()
 	for _, d := range dead {
-		n, err := s.purgeGateway(d.gw)
+		n, err := s.purgeGateway(d.gw, d.seen)
+		if errors.Is(err, errRevived) {
+			continue
+		}
 		if err != nil {
 			if s.ctx.Err() == nil {
 				s.log.Error("purge dead gateway, will retry", "gateway", d.gw, "err", err)
@@ -151,9 +159,21 @@ func (s *Service) sweep(now time.Time) {
 	}
 }
 
-// purgeGateway releases every socket indexed under gw. It is idempotent, so
-// several presence instances may purge the same gateway at once.
-func (s *Service) purgeGateway(gw string) (int, error) {
+// errRevived stops a purge: the gateway was heard from after all.
+var errRevived = errors.New("gateway heard from again")
+
+// stillSilent reports whether gw was not heard from since seen.
+func (s *Service) stillSilent(gw string, seen time.Time) bool {
+	s.gwMu.Lock()
+	defer s.gwMu.Unlock()
+	last, ok := s.lastSeen[gw]
+	return !ok || !last.After(seen)
+}
+
+// purgeGateway releases every socket indexed under gw, as long as gw stays
+// silent since seen. It is idempotent, so several presence instances may
+// purge the same gateway at once.
+func (s *Service) purgeGateway(gw string, seen time.Time) (int, error) {
 	filter, err := indexFilter(gw)
 	if err != nil {
 		return 0, err
@@ -167,6 +187,10 @@ func (s *Service) purgeGateway(gw string) (int, error) {
 	}
 	n := 0
 	for _, e := range entries {
+		if !s.stillSilent(gw, seen) {
+			s.log.Info("gateway heard from again, purge stopped", "gateway", gw, "purged", n)
+			return n, errRevived
+		}
 		if err := s.purgeSocket(e); err != nil {
 			return n, err
 		}
@@ -178,6 +202,10 @@ func (s *Service) purgeGateway(gw string) (int, error) {
 func (s *Service) purgeSocket(e jetstream.KeyValueEntry) error {
 	ctx, cancel := context.WithTimeout(s.ctx, opTimeout)
 	defer cancel()
+	// An index rewritten since the listing is a readmit: keep the socket.
+	if cur, err := s.kv.Get(ctx, e.Key()); err == nil && cur.Revision() != e.Revision() {
+		return nil
+	}
 	_, sid, err := parseIndexKey(e.Key())
 	uid := string(e.Value())
 	if err == nil && uid != "" {

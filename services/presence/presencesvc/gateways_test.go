@@ -3,7 +3,9 @@ package presencesvc
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -172,5 +174,71 @@ func TestSurvivesServerRestart(t *testing.T) {
 	})
 	if got := socketIDs(list(t, nc, "alice")); !slices.Equal(got, []string{"a1", "a2"}) {
 		t.Fatalf("alice holds %v", got)
+	}
+}
+
+// A presence instance cut off from NATS for longer than gateway_ttl hears
+// no heartbeat meanwhile; once back, it must not purge the gateways that
+// stayed alive (their sockets would be freed and their users go over the
+// limit when the gateway readmits them).
+func TestNoPurgeOfLiveGatewaysAfterOwnReconnect(t *testing.T) {
+	cfg := testConfig()
+	cfg.GatewayTTL = time.Second
+	srv := natstest.Run(t)
+	nc := srv.Conn(t)
+	proxy := natstest.NewProxy(t, srv.URL())
+	pnc, err := nats.Connect(proxy.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pnc.Close)
+	startSvc(t, pnc, cfg)
+	heartbeat(t, nc, "live", 100*time.Millisecond)
+	mustAdmit(t, nc, newConn("alice", "a1", "live"))
+	disconnected := chanSub(t, nc, subject.EventDisconnected)
+
+	proxy.Cut()
+	time.Sleep(2 * cfg.GatewayTTL)
+	proxy.Restore()
+	eventually(t, 5*time.Second, "presence reconnected", pnc.IsConnected)
+	time.Sleep(2 * cfg.GatewayTTL)
+	none(t, disconnected)
+	if got := socketIDs(list(t, nc, "alice")); !slices.Equal(got, []string{"a1"}) {
+		t.Fatalf("alice holds %v", got)
+	}
+}
+
+// A purge works from a listing of the gateway's sockets; when the gateway
+// comes back and readmits them while the purge runs, the purge stops and
+// undoes no readmit.
+func TestPurgeDoesNotUndoReadmits(t *testing.T) {
+	cfg := testConfig()
+	cfg.GatewayTTL = time.Second
+	_, nc := setup(t, cfg)
+	const n = 300
+	for i := range n {
+		mustAdmit(t, nc, newConn(fmt.Sprintf("u%d", i), fmt.Sprintf("s%d", i), "back"))
+	}
+	disconnected := chanSub(t, nc, subject.EventDisconnected)
+	next(t, disconnected) // the purge has begun
+	heartbeat(t, nc, "back", 100*time.Millisecond)
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < n; i += 8 {
+				mustAdmit(t, nc, newConn(fmt.Sprintf("u%d", i), fmt.Sprintf("s%d", i), "back"))
+			}
+		})
+	}
+	wg.Wait()
+	time.Sleep(2 * cfg.GatewayTTL)
+	missing := 0
+	for i := range n {
+		if len(list(t, nc, fmt.Sprintf("u%d", i))) != 1 {
+			missing++
+		}
+	}
+	if missing > 0 {
+		t.Fatalf("%d of %d readmitted sockets were purged afterwards", missing, n)
 	}
 }

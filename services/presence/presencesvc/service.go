@@ -155,8 +155,27 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 		close(s.done)
 		return nil, errors.Join(fmt.Errorf("flush subscriptions: %w", err), s.Stop())
 	}
+	// Heartbeats sent while this instance was cut off from NATS are lost:
+	// after a reconnect every gateway gets a full TTL of grace again, so
+	// that live gateways are not purged for the silence it did not hear.
+	prevRe := nc.ReconnectHandler()
+	nc.SetReconnectHandler(func(c *nats.Conn) {
+		if prevRe != nil {
+			prevRe(c)
+		}
+		s.graceAll(time.Now())
+	})
 	go s.sweepLoop()
 	return s, nil
+}
+
+// graceAll restarts the grace period of every known gateway.
+func (s *Service) graceAll(now time.Time) {
+	s.gwMu.Lock()
+	for gw := range s.lastSeen {
+		s.lastSeen[gw] = now
+	}
+	s.gwMu.Unlock()
 }
 
 func (s *Service) serve(ctx context.Context) error {
