@@ -44,6 +44,7 @@ const (
 	CodeUnauthorized = 401
 	CodeForbidden    = 403
 	CodeNotFound     = 404
+	CodeTimeout      = 408
 	CodeConflict     = 409
 	CodeTooMany      = 429
 	CodeInternal     = 500
@@ -82,6 +83,22 @@ func (c Conn) Public() Conn { c.Gateway = ""; return c }
 // AdmitRequest asks presence for a connection slot.
 type AdmitRequest struct {
 	Conn Conn `json:"conn"`
+	// Deadline, when set, is when the gateway stops waiting for the
+	// answer: presence refuses (408) an admit it takes up later, so a late
+	// admit never takes a slot after the gateway gave up and released it.
+	Deadline time.Time `json:"deadline,omitzero"`
+}
+
+// ResetRequest asks presence to release every socket indexed under a
+// gateway: a gateway sends it at start, before it admits any socket, so
+// that slots of an earlier process with the same gateway id do not stay.
+type ResetRequest struct {
+	Gateway string `json:"gateway"`
+}
+
+// ResetReply says how many sockets were released.
+type ResetReply struct {
+	Released int `json:"released"`
 }
 
 // AdmitReply confirms a slot.

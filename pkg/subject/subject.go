@@ -228,6 +228,7 @@ const (
 	PresenceAdmit    = Prefix + ".presence.admit"
 	PresenceRelease  = Prefix + ".presence.release"
 	PresenceList     = Prefix + ".presence.list"
+	PresenceReset    = Prefix + ".presence.reset"
 	TimerListAPI     = Prefix + ".timer.list"
 	GatewayHeartbeat = Prefix + ".gw.heartbeat"
 )

@@ -82,6 +82,9 @@ type Gateway struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// beforeReadmit, when set (tests), runs before each socket's readmit.
+	beforeReadmit func(*socket)
 }
 
 // Start builds a gateway, subscribes it to NATS and starts serving on
@@ -174,6 +177,7 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 		return nil, fmt.Errorf("flush subscriptions: %w", err)
 	}
 
+	g.resetSlots(ctx)
 	if g.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
@@ -189,6 +193,7 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	g.goRun(func() { g.sched.Run(g.ctx) })
 	g.goRun(g.sweepLoop)
 	g.goRun(g.heartbeatLoop)
+	g.goRun(g.releaseLoop)
 	prev := nc.Opts.ReconnectedCB
 	nc.SetReconnectHandler(func(c *nats.Conn) {
 		if prev != nil {
@@ -224,6 +229,22 @@ func (g *Gateway) admitEngine(w http.ResponseWriter, r *http.Request) *engine {
 		return nil
 	}
 	return e
+}
+
+// resetSlots asks presence to release the sockets an earlier process with
+// this gateway id left (a restart within gateway_ttl, with a fixed id):
+// this process holds none yet. Without an answer it goes on (and says so):
+// such slots then stay until presence purges this id as a dead gateway.
+func (g *Gateway) resetSlots(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
+	defer cancel()
+	reply, err := natsx.Request[api.ResetReply](rctx, g.nc, subject.PresenceReset, api.ResetRequest{Gateway: g.id})
+	switch {
+	case err != nil:
+		g.log.Warn("reset the slots of this gateway id", "err", err)
+	case reply.Released > 0:
+		g.log.Info("released the slots an earlier process of this gateway id left", "sockets", reply.Released)
+	}
 }
 
 func (g *Gateway) goRun(fn func()) {
@@ -589,6 +610,20 @@ func (g *Gateway) heartbeatLoop() {
 			return
 		case <-t.C:
 			g.publishHeartbeat()
+		}
+	}
+}
+
+// releaseLoop retries failed releases, apart from the heartbeats (a slow
+// presence must not delay them past gateway_ttl).
+func (g *Gateway) releaseLoop() {
+	t := time.NewTicker(g.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-t.C:
 			g.retryReleases(g.ctx)
 		}
 	}
@@ -649,11 +684,15 @@ func (g *Gateway) readmit() {
 		}
 		e.mu.Unlock()
 		for _, s := range socks {
+			if g.beforeReadmit != nil {
+				g.beforeReadmit(s)
+			}
 			var err error
 			// Services may come back after this gateway: retry while none answers.
 			for attempt := 1; attempt <= 10; attempt++ {
 				ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RequestTimeout)
-				_, err = natsx.Request[api.AdmitReply](ctx, g.nc, subject.PresenceAdmit, api.AdmitRequest{Conn: s.conn})
+				deadline, _ := ctx.Deadline()
+				_, err = natsx.Request[api.AdmitReply](ctx, g.nc, subject.PresenceAdmit, api.AdmitRequest{Conn: s.conn, Deadline: deadline})
 				cancel()
 				if !errors.Is(err, natsx.ErrUnavailable) || g.ctx.Err() != nil {
 					break
@@ -666,6 +705,10 @@ func (g *Gateway) readmit() {
 				e.kick(s)
 			case err != nil:
 				g.log.Warn("readmit socket", "socket", s.id, "err", err)
+			case !s.isConnected():
+				// Closed while this readmit ran (its release may have come
+				// first): free the slot the readmit took again.
+				g.release(api.ReleaseRequest{SocketID: s.id, UserID: s.conn.UserID})
 			}
 		}
 	}

@@ -193,7 +193,8 @@ func (e *engine) admit(s *socket, uid string) string {
 		return msgUnavailable
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RequestTimeout)
-	_, err := natsx.Request[api.AdmitReply](ctx, g.nc, subject.PresenceAdmit, api.AdmitRequest{Conn: s.conn})
+	deadline, _ := ctx.Deadline()
+	_, err := natsx.Request[api.AdmitReply](ctx, g.nc, subject.PresenceAdmit, api.AdmitRequest{Conn: s.conn, Deadline: deadline})
 	cancel()
 	if err == nil {
 		return ""

@@ -162,8 +162,12 @@ func (s *Service) sweep(now time.Time) {
 // errRevived stops a purge: the gateway was heard from after all.
 var errRevived = errors.New("gateway heard from again")
 
-// stillSilent reports whether gw was not heard from since seen.
+// stillSilent reports whether gw was not heard from since seen (always,
+// for a zero seen: a reset).
 func (s *Service) stillSilent(gw string, seen time.Time) bool {
+	if seen.IsZero() {
+		return true
+	}
 	s.gwMu.Lock()
 	defer s.gwMu.Unlock()
 	last, ok := s.lastSeen[gw]

@@ -342,3 +342,45 @@ func TestStartRejectsBadConfig(t *testing.T) {
 		})
 	}
 }
+
+// An admit that presence takes up after its deadline (the gateway gave up
+// and released the socket) is refused and leaves neither slot nor index.
+func TestAdmitPastDeadlineRefused(t *testing.T) {
+	cfg := testConfig()
+	_, nc := setup(t, cfg)
+	late := api.AdmitRequest{Conn: newConn("alice", "late", "gw"), Deadline: time.Now().Add(-time.Millisecond)}
+	_, err := request[api.AdmitReply](t, nc, subject.PresenceAdmit, late)
+	if natsx.CodeOf(err) != api.CodeTimeout {
+		t.Fatalf("late admit: %v, want code 408", err)
+	}
+	if got := list(t, nc, "alice"); len(got) != 0 {
+		t.Fatalf("alice holds %v", socketIDs(got))
+	}
+	if keys := kvKeys(t, openKV(t, nc, cfg.Bucket), "g.gw.>"); len(keys) != 0 {
+		t.Fatalf("index keys left: %v", keys)
+	}
+	inTime := api.AdmitRequest{Conn: newConn("alice", "ok", "gw"), Deadline: time.Now().Add(time.Minute)}
+	if _, err := request[api.AdmitReply](t, nc, subject.PresenceAdmit, inTime); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A gateway starting with the id of an earlier process gets that
+// process's sockets released at once (not kept alive by its heartbeats).
+func TestResetReleasesGatewaySockets(t *testing.T) {
+	cfg := testConfig()
+	_, nc := setup(t, cfg)
+	mustAdmit(t, nc, newConn("alice", "a1", "fixed"))
+	mustAdmit(t, nc, newConn("alice", "a2", "fixed"))
+	mustAdmit(t, nc, newConn("alice", "a3", "other"))
+	reply, err := request[api.ResetReply](t, nc, subject.PresenceReset, api.ResetRequest{Gateway: "fixed"})
+	if err != nil || reply.Released != 2 {
+		t.Fatalf("reset: %+v, %v", reply, err)
+	}
+	if got := socketIDs(list(t, nc, "alice")); !slices.Equal(got, []string{"a3"}) {
+		t.Fatalf("alice holds %v", got)
+	}
+	if _, err := request[api.ResetReply](t, nc, subject.PresenceReset, api.ResetRequest{Gateway: ""}); natsx.CodeOf(err) != api.CodeBadRequest {
+		t.Fatalf("reset of an invalid id: %v", err)
+	}
+}

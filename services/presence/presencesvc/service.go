@@ -214,6 +214,7 @@ func (s *Service) serve(ctx context.Context) error {
 		{"admit", subject.PresenceAdmit, natsx.Handle(s.log, opTimeout, s.admit)},
 		{"release", subject.PresenceRelease, natsx.Handle(s.log, opTimeout, s.releaseRequest)},
 		{"list", subject.PresenceList, natsx.Handle(s.log, opTimeout, s.list)},
+		{"reset", subject.PresenceReset, natsx.Handle(s.log, opTimeout, s.reset)},
 	}
 	for _, e := range endpoints {
 		if err := svc.AddEndpoint(e.name, e.h, micro.WithEndpointSubject(e.subj)); err != nil {
@@ -284,12 +285,15 @@ func (s *Service) admit(ctx context.Context, req api.AdmitRequest) (api.AdmitRep
 		if indexOf(conns, c.SocketID) >= 0 {
 			return conns, false, nil // already admitted
 		}
+		if !req.Deadline.IsZero() && time.Now().After(req.Deadline) {
+			return conns, false, natsx.Errorf(api.CodeTimeout, "admit past its deadline")
+		}
 		if len(conns) >= s.cfg.MaxConnectionsPerUser {
 			return conns, false, natsx.Errorf(api.CodeTooMany, "Too many connections")
 		}
 		return append(slices.Clip(conns), c), true, nil
 	})
-	if natsx.CodeOf(err) == api.CodeTooMany {
+	if code := natsx.CodeOf(err); code == api.CodeTooMany || code == api.CodeTimeout {
 		if derr := s.remove(ctx, idx); derr != nil {
 			s.log.Warn("remove index of refused socket", "key", idx, "err", derr)
 		}
@@ -301,6 +305,23 @@ func (s *Service) admit(ctx context.Context, req api.AdmitRequest) (api.AdmitRep
 		s.changed(ctx, u, c, true)
 	}
 	return api.AdmitReply{Connections: len(u.conns)}, nil
+}
+
+// reset releases every socket of a gateway that is starting (it holds
+// none yet).
+func (s *Service) reset(_ context.Context, req api.ResetRequest) (api.ResetReply, error) {
+	if _, err := keyToken(req.Gateway); err != nil || req.Gateway == "" {
+		return api.ResetReply{}, natsx.Errorf(api.CodeBadRequest, "invalid gateway")
+	}
+	n, err := s.purgeGateway(req.Gateway, time.Time{})
+	if err != nil {
+		return api.ResetReply{}, err
+	}
+	if n > 0 {
+		s.log.Info("released the sockets of a restarted gateway", "gateway", req.Gateway, "sockets", n)
+	}
+	s.learnGateway(req.Gateway, time.Now())
+	return api.ResetReply{Released: n}, nil
 }
 
 func (s *Service) releaseRequest(ctx context.Context, req api.ReleaseRequest) (api.ReleaseReply, error) {
