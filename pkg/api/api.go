@@ -130,8 +130,37 @@ type ListReply struct {
 // Heartbeat is published by every gateway on subject.GatewayHeartbeat.
 type Heartbeat struct {
 	Gateway string `json:"gateway"`
-	// Sockets is the number of sockets the gateway holds (informational).
+	// Sockets is the number of sockets the gateway holds.
 	Sockets int `json:"sockets"`
+	// Digest is the SocketDigest of the ids of those sockets: presence
+	// compares it with its index and, when they keep differing, fetches
+	// the gateway's list (GatewaySocketsRequest) to heal the difference.
+	Digest uint64 `json:"digest"`
+}
+
+// SocketDigest adds (or, applied again, removes) a socket id to an
+// order-independent digest of a set of ids: the XOR of their FNV-1a hashes.
+func SocketDigest(d uint64, socketID string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(socketID); i++ {
+		h ^= uint64(socketID[i])
+		h *= 1099511628211
+	}
+	return d ^ h
+}
+
+// GatewaySocketsRequest asks a gateway for its sockets, in socket id order,
+// those after After, at most Limit.
+type GatewaySocketsRequest struct {
+	After string `json:"after,omitempty"`
+	Limit int    `json:"limit"`
+}
+
+// GatewaySocketsReply is one page of a gateway's sockets; More says
+// whether pages follow.
+type GatewaySocketsReply struct {
+	Conns []Conn `json:"conns"`
+	More  bool   `json:"more"`
 }
 
 // DisconnectOrder tells a gateway to end one socket on purpose (the client

@@ -39,3 +39,14 @@ func TestStatusJSON(t *testing.T) {
 		t.Errorf("ok status = %s", b)
 	}
 }
+
+func TestSocketDigest(t *testing.T) {
+	a := SocketDigest(SocketDigest(SocketDigest(0, "x"), "y"), "z")
+	b := SocketDigest(SocketDigest(SocketDigest(0, "z"), "x"), "y")
+	if a != b || a == 0 {
+		t.Fatalf("order changes the digest: %x %x", a, b)
+	}
+	if SocketDigest(a, "y") != SocketDigest(SocketDigest(0, "x"), "z") {
+		t.Fatal("removing an id does not undo adding it")
+	}
+}

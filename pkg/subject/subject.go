@@ -299,6 +299,9 @@ func GatewayControl(gatewayID, op string) (string, error) {
 // Gateway control operations.
 const (
 	OpDisconnect = "disconnect"
+	// OpSockets lists the gateway's sockets (for presence's
+	// reconciliation).
+	OpSockets = "sockets"
 )
 
 // EngineRequest is where the gateway holding a long-polling session answers

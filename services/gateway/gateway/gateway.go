@@ -70,6 +70,7 @@ type Gateway struct {
 	ln   net.Listener
 	srv  *http.Server
 	ctrl *nats.Subscription
+	list *nats.Subscription // presence asking for the sockets
 	all  *nats.Subscription // sb.out.all
 
 	shards []chan *nats.Msg
@@ -172,6 +173,13 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	}
 	if g.ctrl, err = nc.Subscribe(ctrlSubj, g.onDisconnectOrder); err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", ctrlSubj, err)
+	}
+	listSubj, err := subject.GatewayControl(g.id, subject.OpSockets)
+	if err != nil {
+		return nil, fmt.Errorf("control subject: %w", err)
+	}
+	if g.list, err = nc.Subscribe(listSubj, g.onSocketsRequest); err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", listSubj, err)
 	}
 	if err := nc.Flush(); err != nil {
 		return nil, fmt.Errorf("flush subscriptions: %w", err)
@@ -282,6 +290,9 @@ func (g *Gateway) Stop(ctx context.Context) error {
 	}
 	if g.all != nil {
 		_ = g.all.Unsubscribe()
+	}
+	if g.list != nil {
+		_ = g.list.Unsubscribe()
 	}
 	_ = g.m.Close()
 	g.wg.Wait()
@@ -630,7 +641,8 @@ func (g *Gateway) releaseLoop() {
 }
 
 func (g *Gateway) publishHeartbeat() {
-	b, _ := json.Marshal(api.Heartbeat{Gateway: g.id, Sockets: g.hub.count()})
+	n, digest := g.hub.summary()
+	b, _ := json.Marshal(api.Heartbeat{Gateway: g.id, Sockets: n, Digest: digest})
 	if err := g.nc.Publish(subject.GatewayHeartbeat, b); err != nil {
 		g.log.Warn("publish heartbeat", "err", err)
 	}
@@ -711,6 +723,31 @@ func (g *Gateway) readmit() {
 				g.release(api.ReleaseRequest{SocketID: s.id, UserID: s.conn.UserID})
 			}
 		}
+	}
+}
+
+// maxSocketsPage bounds one page of onSocketsRequest.
+const maxSocketsPage = 1000
+
+// onSocketsRequest answers presence's reconciliation with a page of this
+// gateway's sockets.
+func (g *Gateway) onSocketsRequest(m *nats.Msg) {
+	if !subject.IsInbox(m.Reply) {
+		return
+	}
+	var req api.GatewaySocketsRequest
+	if err := json.Unmarshal(m.Data, &req); err != nil {
+		g.respondError(m.Reply, api.CodeBadRequest, "invalid request")
+		return
+	}
+	limit := req.Limit
+	if limit <= 0 || limit > maxSocketsPage {
+		limit = maxSocketsPage
+	}
+	conns, more := g.hub.page(req.After, limit)
+	b, _ := json.Marshal(api.GatewaySocketsReply{Conns: conns, More: more})
+	if err := m.Respond(b); err != nil {
+		g.log.Debug("answer sockets request", "err", err)
 	}
 }
 

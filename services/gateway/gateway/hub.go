@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,7 @@ type hub struct {
 	mu      sync.RWMutex
 	engs    map[string]*engine // by engine id
 	sockets map[string]*socket // by socket id
+	digest  uint64             // api.SocketDigest of the ids in sockets
 	users   map[string]*userEntry
 
 	releasing atomic.Int64 // releases in flight
@@ -83,6 +85,35 @@ func (h *hub) count() int {
 	return len(h.sockets)
 }
 
+// summary is the number of sockets and the digest of their ids.
+func (h *hub) summary() (int, uint64) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.sockets), h.digest
+}
+
+// page lists the sockets after the id after, in id order, at most limit;
+// more says whether others follow.
+func (h *hub) page(after string, limit int) (conns []api.Conn, more bool) {
+	h.mu.RLock()
+	ids := make([]string, 0, len(h.sockets))
+	for id := range h.sockets {
+		if id > after {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	if len(ids) > limit {
+		ids, more = ids[:limit], true
+	}
+	conns = make([]api.Conn, 0, len(ids))
+	for _, id := range ids {
+		conns = append(conns, h.sockets[id].conn)
+	}
+	h.mu.RUnlock()
+	return conns, more
+}
+
 func (h *hub) socket(id string) *socket {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
@@ -110,6 +141,7 @@ func (h *hub) addSocket(s *socket) error {
 	}
 	u := h.users[uid]
 	h.sockets[s.id] = s
+	h.digest = api.SocketDigest(h.digest, s.id)
 	u.sockets[s] = struct{}{}
 	return nil
 }
@@ -158,6 +190,7 @@ func (h *hub) removeSocket(s *socket, release bool) {
 	h.mu.Lock()
 	if h.sockets[s.id] == s {
 		delete(h.sockets, s.id)
+		h.digest = api.SocketDigest(h.digest, s.id)
 	}
 	var drop []*nats.Subscription
 	if u := h.users[s.conn.UserID]; u != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 	"github.com/switchboard-rt/switchboard/services/presence/presencesvc"
 )
@@ -97,5 +99,28 @@ func TestReadmitOfClosingSocketsLeavesNoSlot(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // a release in flight settles
 	if n := len(st.presenceList("rd")); n != 0 {
 		t.Fatalf("%d slots left by a closed socket", n)
+	}
+}
+
+// A slot left behind (here admitted under this gateway's id for a socket
+// it never had) locks its user out only until presence's reconciliation
+// compares the gateway's digest with the index and releases it.
+func TestPhantomSlotHealed(t *testing.T) {
+	st := newStack(t, func(_ *Config, p *presencesvc.Config) { p.ReconcileInterval = 300 * time.Millisecond })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	phantom := api.Conn{SocketID: "ghost", UserID: "pha", DeviceID: "d", Gateway: st.gw.ID(), CreatedAt: time.Now()}
+	if _, err := natsx.Request[api.AdmitReply](ctx, st.nc, subject.PresenceAdmit, api.AdmitRequest{Conn: phantom}); err != nil {
+		t.Fatal(err)
+	}
+	st.mustConnect("pha", "")
+	st.mustConnect("pha", "")
+	w := st.dial("", nil)
+	if got := w.connect(`{"token":"` + st.token("pha") + `"}`); got != `44{"message":"Too many connections"}` {
+		t.Fatalf("third connect with a phantom slot: %q", got)
+	}
+	eventually(t, 5*time.Second, func() bool { return len(st.presenceList("pha")) == 2 }, "phantom slot released")
+	if got := w.connectReply(`{"token":"` + st.token("pha") + `"}`); !strings.HasPrefix(got, "40{") {
+		t.Fatalf("connect after the heal: %q", got)
 	}
 }

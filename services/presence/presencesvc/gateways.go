@@ -30,6 +30,7 @@ func (s *Service) onHeartbeat(m *nats.Msg) {
 	}
 	s.gwMu.Lock()
 	s.lastSeen[hb.Gateway] = time.Now()
+	s.reported[hb.Gateway] = hb.Digest
 	s.gwMu.Unlock()
 }
 
@@ -154,6 +155,8 @@ func (s *Service) sweep(now time.Time) {
 		s.gwMu.Lock()
 		if s.lastSeen[d.gw].Equal(d.seen) { // not heard from meanwhile
 			delete(s.lastSeen, d.gw)
+			delete(s.reported, d.gw)
+			delete(s.mismatch, d.gw)
 		}
 		s.gwMu.Unlock()
 	}

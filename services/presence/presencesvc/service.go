@@ -57,6 +57,13 @@ type Config struct {
 	Replicas int `koanf:"replicas"`
 	// ConnectionsEvents sends the `connections` event to clients.
 	ConnectionsEvents bool `koanf:"connections_events"`
+	// ReconcileInterval is how often the index is compared with what each
+	// live gateway reports (a digest of its socket ids). A gateway whose
+	// digest differs at two checks in a row is asked for its sockets: slots
+	// it does not hold are released, sockets it holds without a slot are
+	// admitted (or disconnected when over the limit). Differences younger
+	// than one interval are left alone (admits and releases in flight).
+	ReconcileInterval time.Duration `koanf:"reconcile_interval"`
 }
 
 // DefaultConfig returns the default settings.
@@ -67,6 +74,7 @@ func DefaultConfig() Config {
 		Bucket:                "sb_presence",
 		Replicas:              1,
 		ConnectionsEvents:     true,
+		ReconcileInterval:     30 * time.Second,
 	}
 }
 
@@ -80,6 +88,8 @@ func (c Config) validate() error {
 		return errors.New("bucket must be set")
 	case c.Replicas < 1 || c.Replicas > 5:
 		return fmt.Errorf("replicas must be 1..5, got %d", c.Replicas)
+	case c.ReconcileInterval < 100*time.Millisecond:
+		return fmt.Errorf("reconcile_interval must be at least 100ms, got %s", c.ReconcileInterval)
 	}
 	return nil
 }
@@ -103,10 +113,13 @@ type Service struct {
 
 	gwMu     sync.Mutex
 	lastSeen map[string]time.Time // gateway id -> last heartbeat (or grace start)
+	reported map[string]uint64    // gateway id -> socket digest of its last heartbeat
+	mismatch map[string]int       // gateway id -> checks in a row its digest differed
 
 	ctx      context.Context // cancelled by Stop
 	cancel   context.CancelFunc
 	done     chan struct{} // closed when the sweeper ends
+	recDone  chan struct{} // closed when the reconciler ends
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -141,18 +154,23 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 		markerTTL: mttl,
 		client:    client.New(nc),
 		lastSeen:  map[string]time.Time{},
+		reported:  map[string]uint64{},
+		mismatch:  map[string]int{},
 		ctx:       sctx,
 		cancel:    cancel,
 		done:      make(chan struct{}),
+		recDone:   make(chan struct{}),
 	}
 	if err := s.serve(ctx); err != nil {
 		close(s.done)
+		close(s.recDone)
 		return nil, errors.Join(err, s.Stop())
 	}
 	// Once Start returns, requests from other connections find the
 	// endpoints: the server has processed the subscriptions.
 	if err := nc.FlushTimeout(opTimeout); err != nil {
 		close(s.done)
+		close(s.recDone)
 		return nil, errors.Join(fmt.Errorf("flush subscriptions: %w", err), s.Stop())
 	}
 	// Heartbeats sent while this instance was cut off from NATS are lost:
@@ -166,6 +184,7 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 		s.graceAll(time.Now())
 	})
 	go s.sweepLoop()
+	go s.reconcileLoop()
 	return s, nil
 }
 
@@ -256,6 +275,7 @@ func (s *Service) Stop() error {
 		}
 		s.cancel()
 		<-s.done
+		<-s.recDone
 		s.stopErr = errors.Join(errs...)
 	})
 	return s.stopErr
