@@ -5,6 +5,7 @@
 const { describe, test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
+const fs = require('node:fs');
 const net = require('node:net');
 const { startStack, sleep, uid, waitUntil } = require('../harness');
 
@@ -255,6 +256,92 @@ describe('bad input', { timeout: 180000 }, () => {
     const msg = await st.connectError({ token: st.token(user) });
     assert.equal(msg, 'Too many connections', 'the limit still holds');
     for (const s of socks) s.socket.disconnect();
+  });
+
+  // rssOf reads a process's resident memory and its peak, in bytes.
+  function rssOf(pid) {
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kb = (key) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)[1]) * 1024;
+    return { rss: kb('VmRSS'), peak: kb('VmHWM') };
+  }
+
+  // MEMORY_BOUND is the most the gateway's peak resident memory may grow
+  // while one client sends the worst inputs known (it grew by gigabytes
+  // before their bounds).
+  const MEMORY_BOUND = 96 * 1024 * 1024;
+
+  test('one client sending the worst inputs keeps the gateway within its memory bound', async () => {
+    const pid = st.procs.gateway.pid;
+    try {
+      fs.writeFileSync(`/proc/${pid}/clear_refs`, '5'); // the peak restarts from now
+    } catch {
+      // not allowed here: the peak may include earlier tests
+    }
+    const before = rssOf(pid);
+    const user = uid('hostile');
+    const login = async () => {
+      const ws = await st.ws();
+      ws.send(`40${JSON.stringify({ token: st.token(user) })}`);
+      assert.match(await ws.next(), /^40\{"sid":/);
+      return ws;
+    };
+    const closedWithin = async (ws, what) => {
+      const closed = await Promise.race([ws.closed, sleep(10000).then(() => null)]);
+      assert.ok(closed, `${what}: the connection was not closed`);
+    };
+    // One attachment named by 20 000 placeholders.
+    let ws = await login();
+    ws.send(`451-["x",${'{"_placeholder":true,"num":0},'.repeat(20000)}0]`);
+    ws.send(crypto.randomBytes(50000));
+    await closedWithin(ws, 'repeated placeholders');
+    // A binary event nested 9 000 deep.
+    ws = await login();
+    ws.send(`451-["x",${'{"a":'.repeat(9000)}{"_placeholder":true,"num":0}${'}'.repeat(9000)}]`);
+    ws.send(Buffer.alloc(900000));
+    await closedWithin(ws, 'deep nesting');
+    // 63 attachments of 1 MB before any CONNECT: dropped as they arrive.
+    ws = await st.ws();
+    ws.send(`4563-["x"]`);
+    for (let i = 0; i < 63; i++) ws.send(Buffer.alloc(1000000));
+    ws.send(`40${JSON.stringify({ token: st.token(user) })}`);
+    assert.match(await ws.next(10000), /^40\{"sid":/);
+    ws.close();
+    // A polling POST of 1 MB of NOOPs.
+    const open = await fetch(`${st.url}/socket.io/?EIO=4&transport=polling`).then((r) => r.text());
+    const sid = JSON.parse(open.slice(1)).sid;
+    const post = await fetch(`${st.url}/socket.io/?EIO=4&transport=polling&sid=${sid}`, {
+      method: 'POST',
+      body: '6\x1e'.repeat(333000) + '6',
+      headers: { 'Content-Type': 'text/plain;charset=UTF-8' },
+    });
+    assert.equal(post.status, 400, 'a payload of 333 001 packets is refused');
+    // Pings of 60 KB whose pongs the client never reads.
+    const raw = net.connect(st.gatewayPort, '127.0.0.1');
+    raw.on('error', () => {});
+    await new Promise((resolve) => raw.on('connect', resolve));
+    raw.pause(); // never read
+    raw.write(
+      'GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n' +
+        `Connection: Upgrade\r\nSec-WebSocket-Key: ${crypto.randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+    );
+    const ping = Buffer.from('2' + 'p'.repeat(60000));
+    const frame = (payload) => {
+      const mask = crypto.randomBytes(4);
+      const head = Buffer.from([0x81, 0x80 | 126, payload.length >> 8, payload.length & 0xff]);
+      const body = Buffer.from(payload);
+      for (let i = 0; i < body.length; i++) body[i] ^= mask[i % 4];
+      return Buffer.concat([head, mask, body]);
+    };
+    for (let i = 0; i < 2000 && !raw.destroyed; i++) {
+      if (!raw.write(frame(ping))) await Promise.race([new Promise((r) => raw.once('drain', r)), sleep(200)]);
+    }
+    raw.destroy();
+    await sleep(1000);
+    const after = rssOf(pid);
+    const grew = after.peak - before.rss;
+    console.log(`# gateway RSS ${(before.rss / 1048576).toFixed(1)} MB before, peak ${(after.peak / 1048576).toFixed(1)} MB during the hostile inputs`);
+    assert.ok(grew < MEMORY_BOUND, `the gateway's peak RSS grew by ${(grew / 1048576).toFixed(1)} MB, bound ${MEMORY_BOUND / 1048576} MB`);
+    st.checkAlive();
   });
 
   test('every process is still up and the bystander still gets notifications', async () => {
