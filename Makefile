@@ -1,6 +1,7 @@
 # Switchboard build, run and test entry points.
 #
-#   make build        build every service binary into bin/
+#   make build        build every service binary, and nats-server (for the
+#                     permission tests on the shipped configuration), into bin/
 #   make run          build and run bin/devstack (embedded NATS + all services;
 #                     PROFILE=echo: the Socket.IO protocol test profile)
 #   make token        print a development token (USER=alice by default)
@@ -43,6 +44,8 @@ build:
 		echo "go build services/$$s -> $(BIN)/$$s" >&2; \
 		(cd services/$$s && $(GOWS) build -o ../../$(BIN)/$$s .); \
 	done
+	@echo "go build nats-server -> $(BIN)/nats-server" >&2
+	@cd pkg && $(GOWS) build -o ../$(BIN)/nats-server github.com/nats-io/nats-server/v2
 
 run: build
 	$(BIN)/devstack $(if $(PROFILE),-profile=$(PROFILE)) $(ARGS)

@@ -122,6 +122,18 @@ async function waitUntil(what, fn, timeoutMs = 15000, everyMs = 100) {
   }
 }
 
+// portOpen reports whether something accepts TCP connections on port.
+function portOpen(port) {
+  return new Promise((resolve) => {
+    const c = net.connect(port, '127.0.0.1');
+    c.on('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.on('error', () => resolve(false));
+  });
+}
+
 function httpAnswers(port) {
   return new Promise((resolve) => {
     const req = http.get({ host: '127.0.0.1', port, path: '/socket.io/?EIO=4&transport=polling', timeout: 1000 }, (res) => {
@@ -235,10 +247,16 @@ class Stack {
   // presence, timer, gateway); gateway2, gateway3... are more gateways on
   // the same NATS, echo is bin/echo. opts.gatewayEnv: extra settings of
   // every gateway.
-  constructor(name, { services = SERVICES, gatewayEnv = {} } = {}) {
+  // opts.natsConfig: run bin/nats-server with this configuration file (the
+  // shipped one, with a user per service) instead of the devstack's
+  // embedded server without authorization.
+  constructor(name, { services = SERVICES, gatewayEnv = {}, natsConfig = null } = {}) {
     this.name = name;
     this.services = services;
     this.gatewayEnv = gatewayEnv;
+    this.natsConfig = natsConfig;
+    // One password per NATS user of the configuration.
+    this.passwords = Object.fromEntries(['gateway', 'auth', 'presence', 'timer', 'app'].map((u) => [u, crypto.randomBytes(18).toString('base64url')]));
     this.logDir = path.join(TMP, name);
     this.procs = {};
     this.sockets = new Set();
@@ -310,6 +328,17 @@ class Stack {
   }
 
   async startNATS() {
+    if (this.natsConfig) {
+      const port = await freePort();
+      const env = Object.fromEntries(Object.entries(this.passwords).map(([u, p]) => [`${u.toUpperCase()}_PASSWORD`, p]));
+      // The configuration as shipped, with the store in the test's folder.
+      const conf = path.join(this.logDir, 'nats-server.conf');
+      fs.writeFileSync(conf, fs.readFileSync(this.natsConfig, 'utf8').replace(/store_dir:.*$/m, `store_dir: ${JSON.stringify(this.storeDir)}`));
+      this.spawnChild('nats', 'nats-server', ['-c', conf, '-a', '127.0.0.1', '-p', String(port), '-m', String(await freePort())], env);
+      this.natsUrl = `nats://127.0.0.1:${port}`;
+      await waitUntil('nats-server', () => this.checkAlive() && portOpen(port), 20000);
+      return;
+    }
     const child = this.spawnChild('nats', 'devstack', [], {
       SB_SERVICES: '',
       SB_NATS_SERVER_LISTEN: '127.0.0.1:0',
@@ -318,8 +347,23 @@ class Stack {
     this.natsUrl = (await readBanner(child, this.log('nats'))).nats;
   }
 
+  // natsUser is the NATS user a process connects as.
+  natsUser(name) {
+    return isGateway(name) ? 'gateway' : ['auth', 'presence', 'timer'].includes(name) ? name : 'app';
+  }
+
+  // appNatsUrl is the URL backend services (the app user) connect with.
+  get appNatsUrl() {
+    return this.natsConfig ? this.natsUrl.replace('nats://', `nats://app:${this.passwords.app}@`) : this.natsUrl;
+  }
+
   serviceEnv(name) {
     const env = { SB_NATS_URL: this.natsUrl };
+    if (this.natsConfig) {
+      const user = this.natsUser(name);
+      env.SB_NATS_USER = user;
+      env.SB_NATS_PASSWORD = this.passwords[user];
+    }
     switch (name) {
       case 'auth':
         return {
@@ -436,8 +480,8 @@ class Stack {
   }
 
   // client creates a recorded socket and waits until it is connected.
-  async client(auth, opts = {}) {
-    const s = this.rawIO(auth, opts);
+  async client(auth, opts = {}, url = this.url) {
+    const s = this.rawIO(auth, opts, url);
     const rec = new Recorder(s);
     await new Promise((resolve, reject) => {
       s.once('connect', resolve);
@@ -506,7 +550,7 @@ class Stack {
   // notify runs `bin/devstack notify` as a separate process.
   notify(args) {
     return new Promise((resolve, reject) => {
-      execFile(binary('devstack'), ['notify', '-nats', this.natsUrl, ...args], { env: childEnv({}), timeout: 10000 }, (err, stdout, stderr) => {
+      execFile(binary('devstack'), ['notify', '-nats', this.appNatsUrl, ...args], { env: childEnv({}), timeout: 10000 }, (err, stdout, stderr) => {
         if (err) reject(new Error(`devstack notify ${args.join(' ')}: ${err.message} ${stderr}`));
         else resolve(stdout);
       });

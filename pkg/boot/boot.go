@@ -5,6 +5,7 @@ package boot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -29,16 +30,72 @@ type LogConfig struct {
 // DefaultLog is the default logger configuration.
 func DefaultLog() LogConfig { return LogConfig{Level: "info", Format: "text"} }
 
-// NATSConfig says how a service reaches NATS.
+// NATSConfig says how a service reaches NATS. Credentials are separate
+// settings, so that the URL (logged at start and in connect errors) holds
+// no secret; a password written into the URL is masked wherever it is shown.
 type NATSConfig struct {
-	URL       string        `koanf:"url"`
-	CredsFile string        `koanf:"creds_file"`
-	Timeout   time.Duration `koanf:"request_timeout"`
+	URL string `koanf:"url"`
+	// User and Password authenticate with a user of the server's
+	// authorization block.
+	User     string `koanf:"user"`
+	Password string `koanf:"password"`
+	// NKeySeedFile authenticates with an nkey (a file holding the seed);
+	// CredsFile with a decentralized JWT and its seed.
+	NKeySeedFile string `koanf:"nkey_seed_file"`
+	CredsFile    string `koanf:"creds_file"`
+	// TLS: the CA to verify the server with, and a client certificate.
+	TLSCAFile   string `koanf:"tls_ca_file"`
+	TLSCertFile string `koanf:"tls_cert_file"`
+	TLSKeyFile  string `koanf:"tls_key_file"`
+	// InboxPrefix is where replies to this service's requests arrive
+	// ("" picks _INBOX_<service>): the server's permissions can then give
+	// each service its own inboxes only.
+	InboxPrefix string        `koanf:"inbox_prefix"`
+	Timeout     time.Duration `koanf:"request_timeout"`
 }
 
 // DefaultNATS is the default NATS configuration.
 func DefaultNATS() NATSConfig {
 	return NATSConfig{URL: "nats://127.0.0.1:4222", Timeout: 3 * time.Second}
+}
+
+// InboxFor is the default inbox prefix of a service: _INBOX_<name>, without
+// a "switchboard-" prefix.
+func InboxFor(service string) string {
+	return "_INBOX_" + strings.TrimPrefix(service, "switchboard-")
+}
+
+// options turns the settings into connection options.
+func (c NATSConfig) options(service string) ([]nats.Option, error) {
+	var opts []nats.Option
+	if c.User != "" || c.Password != "" {
+		opts = append(opts, nats.UserInfo(c.User, c.Password))
+	}
+	if c.NKeySeedFile != "" {
+		o, err := nats.NkeyOptionFromSeed(c.NKeySeedFile)
+		if err != nil {
+			return nil, fmt.Errorf("nkey seed file: %w", err)
+		}
+		opts = append(opts, o)
+	}
+	if c.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(c.CredsFile))
+	}
+	if c.TLSCAFile != "" {
+		opts = append(opts, nats.RootCAs(c.TLSCAFile))
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return nil, errors.New("tls_cert_file and tls_key_file go together")
+	}
+	if c.TLSCertFile != "" {
+		opts = append(opts, nats.ClientCert(c.TLSCertFile, c.TLSKeyFile))
+	}
+	prefix := c.InboxPrefix
+	if prefix == "" {
+		prefix = InboxFor(service)
+	}
+	opts = append(opts, nats.CustomInboxPrefix(prefix))
+	return opts, nil
 }
 
 // NewLogger builds a slog logger writing to w.
@@ -73,12 +130,12 @@ func Init(name string, cfg any, logc *LogConfig, args, environ []string, out io.
 	return log, rest, nil
 }
 
-// Connect dials NATS as configured: with the credentials file when set,
-// logging connection changes. Close it with Drain.
+// Connect dials NATS as configured (credentials, TLS, the service's inbox
+// prefix), logging connection changes. Close it with Drain.
 func (c NATSConfig) Connect(log *slog.Logger, name string) (*nats.Conn, error) {
-	var opts []nats.Option
-	if c.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(c.CredsFile))
+	opts, err := c.options(name)
+	if err != nil {
+		return nil, fmt.Errorf("nats: %w", err)
 	}
 	return natsx.Connect(log, c.URL, name, opts...)
 }

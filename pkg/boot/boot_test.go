@@ -5,12 +5,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/switchboard-rt/switchboard/pkg/config"
+	"github.com/switchboard-rt/switchboard/pkg/natstest"
 )
 
 type svcConfig struct {
@@ -135,5 +139,40 @@ func TestMainExitCodes(t *testing.T) {
 				t.Fatalf("run called: %v", ran)
 			}
 		})
+	}
+}
+
+// Credentials are separate settings, masked when printed; a password in
+// the URL is masked too, also in connect errors; each service gets its
+// own inbox prefix.
+func TestNATSCredentials(t *testing.T) {
+	srv := natstest.RunWith(t, func(o *server.Options) {
+		o.Users = []*server.User{{Username: "gw", Password: "s3cret-pw"}}
+	})
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	cfg := NATSConfig{URL: srv.URL(), User: "gw", Password: "s3cret-pw"}
+	nc, err := cfg.Connect(log, "switchboard-gateway")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if inbox := nc.NewInbox(); !strings.HasPrefix(inbox, "_INBOX_gateway.") {
+		t.Fatalf("inbox %q", inbox)
+	}
+	bad := NATSConfig{URL: strings.Replace(srv.URL(), "nats://", "nats://gw:wrong-pw@", 1)}
+	if _, err := bad.Connect(log, "x"); err == nil || strings.Contains(err.Error(), "wrong-pw") {
+		t.Fatalf("connect error %v", err)
+	}
+	printed := fmt.Sprint(config.Printable(struct {
+		NATS NATSConfig `koanf:"nats"`
+	}{NATSConfig{URL: "nats://gw:in-url-pw@h:4222", Password: "s3cret-pw"}}))
+	for _, secret := range []string{"s3cret-pw", "in-url-pw"} {
+		if strings.Contains(printed, secret) {
+			t.Fatalf("printed settings show %q: %s", secret, printed)
+		}
+	}
+	if _, err := (NATSConfig{URL: srv.URL(), TLSCertFile: "c.pem"}).Connect(log, "x"); err == nil {
+		t.Fatal("a certificate without its key accepted")
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"reflect"
 	"sort"
 	"strings"
@@ -160,8 +161,34 @@ func printable(key string, v any) any {
 		if x != "" && IsSecret(key) {
 			return "***"
 		}
+		return RedactURL(x)
 	}
 	return v
+}
+
+// RedactURL masks the password of every URL in s (a comma-separated list
+// of URLs, as NATS takes); anything else is returned unchanged.
+func RedactURL(s string) string {
+	if !strings.Contains(s, "@") {
+		return s
+	}
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil || u.User == nil {
+			if err != nil && strings.Contains(p, "@") {
+				parts[i] = "***"
+			}
+			continue
+		}
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "***")
+		} else if strings.Contains(p, "://") {
+			u.User = url.User("***") // a token in the user part
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
 }
 
 // Printable returns the settings of cfg as flat key/value pairs with secrets

@@ -334,3 +334,24 @@ func TestLoadNilFields(t *testing.T) {
 		t.Errorf("limit = %v, want 4", cfg.Limit)
 	}
 }
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://127.0.0.1:4222":                   "nats://127.0.0.1:4222",
+		"nats://gw:s3cret@nats:4222":              "nats://gw:%2A%2A%2A@nats:4222",
+		"nats://tok3n@nats:4222":                  "nats://%2A%2A%2A@nats:4222",
+		"nats://a:p1@n1:4222,nats://a:p2@n2:4222": "nats://a:%2A%2A%2A@n1:4222,nats://a:%2A%2A%2A@n2:4222",
+		"plain text":                              "plain text",
+		"user@example.com":                        "user@example.com",
+	} {
+		got := RedactURL(in)
+		if got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+		for _, secret := range []string{"s3cret", "tok3n", "p1@", "p2@"} {
+			if strings.Contains(got, secret) {
+				t.Errorf("RedactURL(%q) = %q shows %q", in, got, secret)
+			}
+		}
+	}
+}

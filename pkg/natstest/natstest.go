@@ -21,7 +21,10 @@ type Server struct {
 }
 
 // Run starts a JetStream-enabled server for t and stops it at cleanup.
-func Run(t testing.TB) *Server {
+func Run(t testing.TB) *Server { return RunWith(t, nil) }
+
+// RunWith is Run with options changed by mod (users, limits) first.
+func RunWith(t testing.TB, mod func(*server.Options)) *Server {
 	t.Helper()
 	s := &Server{t: t, opts: server.Options{
 		Host:      "127.0.0.1",
@@ -31,6 +34,9 @@ func Run(t testing.TB) *Server {
 		NoLog:     true,
 		NoSigs:    true,
 	}}
+	if mod != nil {
+		mod(&s.opts)
+	}
 	s.start()
 	s.opts.Port = s.Addr().(*net.TCPAddr).Port // restart on the same address
 	t.Cleanup(s.stop)

@@ -14,6 +14,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+
+	"github.com/switchboard-rt/switchboard/pkg/config"
 )
 
 // Connect dials NATS with reconnects forever and logs connection changes.
@@ -41,7 +43,7 @@ func Connect(log *slog.Logger, url, name string, opts ...nats.Option) (*nats.Con
 	}
 	nc, err := nats.Connect(url, append(base, opts...)...)
 	if err != nil {
-		return nil, fmt.Errorf("connect nats %s: %w", url, err)
+		return nil, fmt.Errorf("connect nats %s: %w", config.RedactURL(url), err)
 	}
 	return nc, nil
 }

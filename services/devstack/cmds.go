@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-rt/switchboard/pkg/client"
+	"github.com/switchboard-rt/switchboard/pkg/config"
 	"github.com/switchboard-rt/switchboard/services/auth/authsvc"
 	"github.com/switchboard-rt/switchboard/services/devstack/devstack"
 )
@@ -77,10 +79,14 @@ func cmdToken(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// appInbox is the inbox prefix of backend services (the `app` user of the
+// shipped NATS configuration).
+const appInbox = "_INBOX_app"
+
 // notifyArgs is a parsed `devstack notify` command line.
 type notifyArgs struct {
 	url, user, device, conn, event string
-	all                            bool
+	all, ack                       bool
 	payload                        json.RawMessage // nil: event without arguments
 	timeout                        time.Duration
 }
@@ -97,6 +103,7 @@ func parseNotify(args []string, envURL string, stderr io.Writer) (notifyArgs, er
 	fs.StringVar(&n.device, "device", "", "with -user: only to this device of the user")
 	fs.StringVar(&n.conn, "conn", "", "deliver to this socket id")
 	fs.BoolVar(&n.all, "all", false, "deliver to every connection")
+	fs.BoolVar(&n.ack, "ack", false, "with -conn: wait for the client's ack and print its arguments")
 	fs.StringVar(&n.event, "event", "", "event name (required)")
 	fs.DurationVar(&n.timeout, "timeout", 5*time.Second, "connect and flush timeout")
 	fs.Usage = func() {
@@ -118,6 +125,8 @@ func parseNotify(args []string, envURL string, stderr io.Writer) (notifyArgs, er
 		return n, errors.New("give exactly one of -user, -conn, -all")
 	case n.device != "" && n.user == "":
 		return n, errors.New("-device needs -user")
+	case n.ack && n.conn == "":
+		return n, errors.New("-ack needs -conn")
 	case n.event == "":
 		return n, errors.New("-event is required")
 	case len(pos) > 1:
@@ -136,7 +145,7 @@ func parseNotify(args []string, envURL string, stderr io.Writer) (notifyArgs, er
 
 // cmdNotify implements `devstack notify`: it delivers one event through
 // NATS with the Go client library, as any backend service would.
-func cmdNotify(args []string, envURL string, stderr io.Writer) int {
+func cmdNotify(args []string, envURL string, stdout, stderr io.Writer) int {
 	n, err := parseNotify(args, envURL, stderr)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -145,17 +154,18 @@ func cmdNotify(args []string, envURL string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "devstack notify:", err)
 		return 2
 	}
-	if err := notify(n); err != nil {
+	if err := notify(n, stdout); err != nil {
 		fmt.Fprintln(stderr, "devstack notify:", err)
 		return 1
 	}
 	return 0
 }
 
-func notify(n notifyArgs) error {
-	nc, err := nats.Connect(n.url, nats.Name("devstack-notify"), nats.Timeout(n.timeout))
+func notify(n notifyArgs, stdout io.Writer) error {
+	// Replies (acks) come to the inboxes of backend services' user.
+	nc, err := nats.Connect(n.url, nats.Name("devstack-notify"), nats.Timeout(n.timeout), nats.CustomInboxPrefix(appInbox))
 	if err != nil {
-		return fmt.Errorf("connect %s: %w", n.url, err)
+		return fmt.Errorf("connect %s: %w", config.RedactURL(n.url), err)
 	}
 	defer nc.Close()
 	c := client.New(nc)
@@ -164,6 +174,16 @@ func notify(n notifyArgs) error {
 		payload = n.payload
 	}
 	switch {
+	case n.ack:
+		ctx, cancel := context.WithTimeout(context.Background(), n.timeout)
+		defer cancel()
+		args, aerr := c.EmitWithAck(ctx, n.conn, n.event, payload)
+		if aerr != nil {
+			return fmt.Errorf("ack: %w", aerr)
+		}
+		out, _ := json.Marshal(args)
+		_, err = fmt.Fprintf(stdout, "ack %s\n", out)
+		return err
 	case n.all:
 		err = c.Broadcast(n.event, payload)
 	case n.conn != "":

@@ -35,7 +35,7 @@ func main() {
 		case "token":
 			os.Exit(cmdToken(args[1:], os.Stdout, os.Stderr))
 		case "notify":
-			os.Exit(cmdNotify(args[1:], os.Getenv("SB_NATS_URL"), os.Stderr))
+			os.Exit(cmdNotify(args[1:], os.Getenv("SB_NATS_URL"), os.Stdout, os.Stderr))
 		}
 	}
 	cfg, log, rest, err := loadConfig(args, os.Environ(), os.Stderr)

@@ -116,7 +116,7 @@ func TestNotifyCommandPublishesDelivery(t *testing.T) {
 			}
 			var errOut bytes.Buffer
 			args := append([]string{"-nats", s.URL()}, tt.args...)
-			if code := cmdNotify(args, "", &errOut); code != 0 {
+			if code := cmdNotify(args, "", io.Discard, &errOut); code != 0 {
 				t.Fatalf("notify %q: exit %d, %s", args, code, errOut.String())
 			}
 			m, err := sub.NextMsg(5 * time.Second)
@@ -141,7 +141,7 @@ func TestNotifyCommandUsesEnvironmentURL(t *testing.T) {
 		t.Fatal(err)
 	}
 	var errOut bytes.Buffer
-	if code := cmdNotify([]string{"-user", "carol", "-event", "hi", `"x"`}, s.URL(), &errOut); code != 0 {
+	if code := cmdNotify([]string{"-user", "carol", "-event", "hi", `"x"`}, s.URL(), io.Discard, &errOut); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
 	if _, err := sub.NextMsg(5 * time.Second); err != nil {
@@ -178,7 +178,7 @@ func TestNotifyCommandRejectsBadArguments(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var errOut bytes.Buffer
 			args := append([]string{"-nats", s.URL()}, tt.args...)
-			if code := cmdNotify(args, "", &errOut); code != tt.code {
+			if code := cmdNotify(args, "", io.Discard, &errOut); code != tt.code {
 				t.Fatalf("exit %d, want %d (stderr %q)", code, tt.code, errOut.String())
 			}
 			if errOut.Len() == 0 {
@@ -193,7 +193,7 @@ func TestNotifyCommandRejectsBadArguments(t *testing.T) {
 
 func TestNotifyCommandReportsUnreachableNATS(t *testing.T) {
 	var errOut bytes.Buffer
-	code := cmdNotify([]string{"-nats", "nats://127.0.0.1:1", "-timeout", "500ms", "-user", "u", "-event", "e"}, "", &errOut)
+	code := cmdNotify([]string{"-nats", "nats://127.0.0.1:1", "-timeout", "500ms", "-user", "u", "-event", "e"}, "", io.Discard, &errOut)
 	if code != 1 || !strings.Contains(errOut.String(), "connect") {
 		t.Fatalf("exit %d, stderr %q; want 1 and a connect error", code, errOut.String())
 	}

@@ -123,8 +123,10 @@ func (e *engine) onProbeFrame(b []byte, binary bool) {
 		if t == nil {
 			return
 		}
-		t.send(engineio.Packet{Type: engineio.Pong, Data: probeData})
+		// Probing before the answer: a poll the client sends right after
+		// it finds the engine probing, and waits for the `5`.
 		e.polling.setProbing(true)
+		t.send(engineio.Packet{Type: engineio.Pong, Data: probeData})
 	case err == nil && p.Type == engineio.Upgrade:
 		e.mu.Lock()
 		defer e.mu.Unlock()

@@ -1,0 +1,163 @@
+package main
+
+// The shipped NATS configuration (deploy/nats-server.conf) on a real
+// nats-server: each user is refused what it must not do. (That every
+// service can do its job under it is shown end to end by the e2e suite.)
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// natsServer builds nats-server (the version this module requires), runs
+// it with the shipped configuration (its store in a temporary folder) and
+// returns its URL and the users' passwords.
+func natsServer(t *testing.T) (string, map[string]string) {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "nats-server")
+	build := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2")
+	build.Dir = "../../pkg"
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build nats-server: %v\n%s", err, out)
+	}
+	conf, err := os.ReadFile("../../deploy/nats-server.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf = regexp.MustCompile(`store_dir:.*`).ReplaceAll(conf, fmt.Appendf(nil, "store_dir: %q", filepath.Join(dir, "js")))
+	confPath := filepath.Join(dir, "nats.conf")
+	if err := os.WriteFile(confPath, conf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	passwords := map[string]string{}
+	env := os.Environ()
+	for _, u := range []string{"gateway", "auth", "presence", "timer", "app"} {
+		passwords[u] = u + "-pw-" + fmt.Sprint(time.Now().UnixNano())
+		env = append(env, strings.ToUpper(u)+"_PASSWORD="+passwords[u])
+	}
+	cmd := exec.Command(bin, "-c", confPath, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-m", fmt.Sprint(freePort(t)))
+	cmd.Env = env
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+			return url, passwords
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nats-server did not start:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// op is one operation a user tries.
+type op struct {
+	sub  bool // subscribe (else publish)
+	subj string
+}
+
+func (o op) String() string {
+	if o.sub {
+		return "subscribe " + o.subj
+	}
+	return "publish " + o.subj
+}
+
+// refused reports whether the server refused o for the connection that
+// reports async errors on errs.
+func refused(t *testing.T, nc *nats.Conn, errs chan error, o op) bool {
+	t.Helper()
+	var err error
+	if o.sub {
+		_, err = nc.SubscribeSync(o.subj)
+	} else {
+		err = nc.Publish(o.subj, []byte("x"))
+	}
+	if err != nil {
+		t.Fatalf("%s: %v", o, err)
+	}
+	_ = nc.Flush()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for {
+		select {
+		case err := <-errs:
+			if errors.Is(err, nats.ErrPermissionViolation) || strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+				return true
+			}
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+func TestShippedPermissions(t *testing.T) {
+	url, passwords := natsServer(t)
+	forbidden := map[string][]op{
+		// Tokens are read by the auth user only; replies by their requester.
+		"app": {{true, "sb.auth.verify"}, {true, "_INBOX_gateway.>"}, {true, "_INBOX.>"}, {true, "sb.engine.>"}, {true, "sb.relay.>"},
+			{false, "sb.presence.admit"}, {false, "sb.gw.heartbeat"}, {false, "sb.in.timerStart"},
+			{false, "$JS.API.STREAM.DELETE.KV_sb_presence"}, {false, "$KV.sb_timers.t.0.x"}},
+		"presence": {{true, "sb.auth.verify"}, {true, "_INBOX_gateway.>"}, {true, "sb.in.>"},
+			{false, "$JS.API.STREAM.DELETE.KV_sb_timers"}, {false, "$JS.API.STREAM.CREATE.capture"}, {false, "$KV.sb_timers.t.0.x"},
+			{false, "sb.out.user.x"}},
+		"timer": {{true, "sb.auth.verify"}, {true, "sb.in.>"}, {true, "_INBOX_presence.>"},
+			{false, "$JS.API.STREAM.DELETE.KV_sb_presence"}, {false, "$JS.API.STREAM.CREATE.capture"}, {false, "$KV.sb_presence.u.x"},
+			{false, "sb.out.user.x"}, {false, "sb.presence.admit"}},
+		"auth": {{true, "sb.in.>"}, {true, "sb.out.>"}, {true, "_INBOX_gateway.>"},
+			{false, "sb.out.user.x"}, {false, "sb.in.x"}, {false, "$JS.API.INFO"}},
+		"gateway": {{true, "sb.auth.verify"}, {true, "_INBOX_app.>"}, {true, "sb.presence.>"},
+			{false, "$JS.API.INFO"}, {false, "sb.out.user.x"}, {false, "sb.event.connected"}, {false, "$KV.sb_presence.u.x"}},
+	}
+	for user, ops := range forbidden {
+		t.Run(user, func(t *testing.T) {
+			errs := make(chan error, 64)
+			nc, err := nats.Connect(url, nats.UserInfo(user, passwords[user]),
+				nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			for _, o := range ops {
+				if !refused(t, nc, errs, o) {
+					t.Errorf("%s may %s", user, o)
+				}
+			}
+		})
+	}
+	// A wrong password is refused, and one user's password is no other's.
+	if _, err := nats.Connect(url, nats.UserInfo("app", passwords["presence"])); err == nil {
+		t.Fatal("app connected with presence's password")
+	}
+}
