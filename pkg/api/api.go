@@ -46,6 +46,7 @@ const (
 	CodeNotFound     = 404
 	CodeTimeout      = 408
 	CodeConflict     = 409
+	CodeTooLarge     = 413
 	CodeTooMany      = 429
 	CodeInternal     = 500
 	CodeUnavailable  = 503

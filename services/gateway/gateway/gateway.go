@@ -94,6 +94,10 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("gateway config: %w", err)
 	}
+	// A client frame of max_payload bytes must fit in a NATS message.
+	if limit := nc.MaxPayload(); limit > 0 && int64(cfg.MaxPayload+natsHeadroom) > limit {
+		return nil, fmt.Errorf("gateway config: max_payload %d does not fit the NATS server's max_payload %d (%d bytes are kept for subject and headers): lower it or raise the server's", cfg.MaxPayload, limit, natsHeadroom)
+	}
 	g := &Gateway{
 		cfg:      cfg,
 		log:      log,
@@ -211,6 +215,16 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	})
 	g.log.Info("gateway listening", "addr", g.ln.Addr().String(), "path", cfg.Path)
 	return g, nil
+}
+
+// natsHeadroom is what a client event's message may need besides its body
+// (subject and headers) on NATS.
+const natsHeadroom = 4096
+
+// tooLargeForNATS reports whether m exceeds the server's max_payload (a
+// binary event's attachments grow by a third in base64).
+func (g *Gateway) tooLargeForNATS(m *nats.Msg) bool {
+	return int64(len(m.Data)+natsHeadroom) > g.nc.MaxPayload()
 }
 
 // sweepLoop forgets, every minute, client addresses without engines.

@@ -38,7 +38,13 @@ type stackOpt func(*Config, *presencesvc.Config)
 
 func newStack(t testing.TB, opts ...stackOpt) *stack {
 	t.Helper()
-	st := &stack{t: t, srv: natstest.Run(t), logs: &lockedWriter{}}
+	return newStackOn(t, natstest.Run(t), opts...)
+}
+
+// newStackOn is newStack on a given server.
+func newStackOn(t testing.TB, srv *natstest.Server, opts ...stackOpt) *stack {
+	t.Helper()
+	st := &stack{t: t, srv: srv, logs: &lockedWriter{}}
 	log := slog.New(slog.NewTextHandler(st.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	st.nc = st.srv.Conn(t)
 

@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -18,10 +20,13 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
 	"github.com/switchboard-rt/switchboard/pkg/client"
+	"github.com/switchboard-rt/switchboard/pkg/natstest"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 	"github.com/switchboard-rt/switchboard/services/presence/presencesvc"
 )
@@ -131,11 +136,11 @@ func heapInUse() uint64 {
 // connection without a login. They are dropped as they arrive; a joined
 // socket's attachments may total at most max_payload.
 func TestAttachmentsBounded(t *testing.T) {
-	st := newStack(t, func(c *Config, _ *presencesvc.Config) { c.MaxPayload = 1 << 20 })
+	st := newStack(t)
 	w := st.dial("", nil)
 	before := heapInUse()
 	w.send(`4563-["x"]`)
-	frame := make([]byte, 1<<20)
+	frame := make([]byte, 1000000)
 	for range 63 {
 		must(t, w.c.WriteMessage(websocket.BinaryMessage, frame))
 	}
@@ -391,5 +396,40 @@ func TestPollRightAfterUpgradeGets400(t *testing.T) {
 			t.Fatalf("run %d: poll right after the upgrade: %d %q", i, status, body)
 		}
 		_ = c.Close()
+	}
+}
+
+// Limits agree end to end: a gateway whose max_payload does not fit the
+// NATS server's refuses to start; a binary event or ack that base64 makes
+// larger than a NATS message gets a clear error (it was "Service
+// unavailable", with nothing logged).
+func TestPayloadLimitsAgreeWithNATS(t *testing.T) {
+	srv := natstest.RunWith(t, func(o *server.Options) { o.MaxPayload = 64 << 10 })
+	if _, err := Start(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), srv.Conn(t), DefaultConfig()); err == nil || !strings.Contains(err.Error(), "max_payload") {
+		t.Fatalf("start with max_payload over the server's: %v", err)
+	}
+	st := newStackOn(t, srv, func(c *Config, _ *presencesvc.Config) {
+		c.MaxPayload, c.SendQueueBytes = 56<<10, 1<<20
+	})
+	echo, _ := st.nc.Subscribe("sb.in.up", func(m *nats.Msg) { _ = m.Respond([]byte(`["ok"]`)) })
+	defer echo.Unsubscribe()
+	_ = st.nc.Flush()
+	w, sid := st.mustConnect("big", "")
+	w.send(`452-0["up",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]`)
+	must(t, w.c.WriteMessage(websocket.BinaryMessage, make([]byte, 27<<10)))
+	must(t, w.c.WriteMessage(websocket.BinaryMessage, make([]byte, 27<<10)))
+	if got := w.expect("430"); got != `430[{"status":"error","message":"Payload too large"}]` {
+		t.Fatalf("ack %q", got)
+	}
+	// An ack too large for NATS: the service gets an error at once.
+	go func() {
+		w.expect(`421["ask"`)
+		w.send(`461-1[{"_placeholder":true,"num":0}]`)
+		_ = w.c.WriteMessage(websocket.BinaryMessage, make([]byte, 50<<10))
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := client.New(st.nc).EmitWithAck(ctx, sid, "ask", 1); natsx.CodeOf(err) != api.CodeTooLarge {
+		t.Fatalf("oversized ack: %v", err)
 	}
 }

@@ -25,6 +25,10 @@ var (
 	errAttachmentsTooLarge = errors.New("attachments larger than max_payload")
 )
 
+// msgPayloadTooLarge answers a client event that, attachments written in
+// base64, is larger than a NATS message may be.
+const msgPayloadTooLarge = "Payload too large"
+
 type socketState uint8
 
 const (
@@ -293,8 +297,14 @@ func (s *socket) onEvent(p socketio.Packet, parts [][]byte) {
 		return
 	}
 	m := s.inMsg(subj, name, socketio.ArrayPayload(args...))
+	if s.e.g.tooLargeForNATS(m) {
+		s.e.log().Warn("client event larger than NATS carries refused", "event", name, "bytes", len(m.Data))
+		fail(msgPayloadTooLarge)
+		return
+	}
 	if !p.HasID {
 		if err := s.e.g.nc.PublishMsg(m); err != nil {
+			s.e.log().Warn("publish client event", "event", name, "err", err)
 			fail(msgUnavailable)
 		}
 		return
@@ -436,8 +446,13 @@ func (s *socket) onAck(p socketio.Packet, parts [][]byte) {
 		s.e.malformed(err)
 		return
 	}
+	if int64(len(data)+natsHeadroom) > s.e.g.nc.MaxPayload() {
+		s.e.log().Warn("client ack larger than NATS carries refused", "bytes", len(data))
+		s.e.g.respondError(reply, api.CodeTooLarge, "ack payload too large")
+		return
+	}
 	if err := s.e.g.nc.Publish(reply, data); err != nil {
-		s.e.log().Debug("publish ack", "err", err)
+		s.e.log().Warn("publish ack", "err", err)
 	}
 }
 
