@@ -256,7 +256,7 @@ class Stack {
     this.gatewayEnv = gatewayEnv;
     this.natsConfig = natsConfig;
     // One password per NATS user of the configuration.
-    this.passwords = Object.fromEntries(['gateway', 'auth', 'presence', 'timer', 'app'].map((u) => [u, crypto.randomBytes(18).toString('base64url')]));
+    this.passwords = Object.fromEntries(['admin', 'gateway', 'auth', 'presence', 'timer', 'app'].map((u) => [u, crypto.randomBytes(18).toString('base64url')]));
     this.logDir = path.join(TMP, name);
     this.procs = {};
     this.sockets = new Set();
@@ -337,6 +337,19 @@ class Stack {
       this.spawnChild('nats', 'nats-server', ['-c', conf, '-a', '127.0.0.1', '-p', String(port), '-m', String(await freePort())], env);
       this.natsUrl = `nats://127.0.0.1:${port}`;
       await waitUntil('nats-server', () => this.checkAlive() && portOpen(port), 20000);
+      // The admin user provisions the bucket and streams, as an operator
+      // does; the services' users may not create them.
+      for (const svc of ['presence', 'timer']) {
+        const child = this.spawnChild(`provision-${svc}`, svc, ['-provision=true'], {
+          SB_NATS_URL: this.natsUrl,
+          SB_NATS_USER: 'admin',
+          SB_NATS_PASSWORD: this.passwords.admin,
+          SB_NATS_INBOX_PREFIX: '_INBOX_admin',
+        });
+        child.expectedExit = true;
+        const info = await child.exited;
+        if (info.code !== 0) throw new Error(`provision ${svc} failed: ${fs.readFileSync(this.log(`provision-${svc}`), 'utf8')}`);
+      }
       return;
     }
     const child = this.spawnChild('nats', 'devstack', [], {

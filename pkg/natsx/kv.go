@@ -12,12 +12,26 @@ import (
 // a bucket opened by OpenKV; afterwards the key leaves no trace.
 const MarkerTTL = time.Minute
 
-// OpenKV creates or updates a bucket, asking for delete marker TTLs (so
-// removed keys vanish) and falling back to plain markers on servers that
-// lack them. The second result is the marker TTL in use (0: plain markers).
+// OpenKV opens a bucket, asking for delete marker TTLs (so removed keys
+// vanish) and falling back to plain markers on servers that lack them. The
+// second result is the marker TTL in use (0: plain markers).
+//
+// A bucket that exists with the history, replicas and marker TTL asked for
+// is bound as it is: that needs only the right to read its stream's info,
+// so a service whose NATS user may not create or change streams works on a
+// bucket provisioned for it. Otherwise the bucket is created or updated.
 func OpenKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, time.Duration, error) {
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	switch {
+	case err == nil:
+		if ttl, ok := kvMatches(ctx, js, cfg); ok {
+			return kv, ttl, nil
+		}
+	case !errors.Is(err, jetstream.ErrBucketNotFound):
+		return nil, 0, err
+	}
 	cfg.LimitMarkerTTL = MarkerTTL
-	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
 	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
 		cfg.LimitMarkerTTL = 0
 		kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
@@ -26,6 +40,20 @@ func OpenKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueC
 		return nil, 0, err
 	}
 	return kv, cfg.LimitMarkerTTL, nil
+}
+
+// kvMatches reports whether the existing bucket has cfg's history and
+// replicas and marker TTLs, and returns the marker TTL.
+func kvMatches(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (time.Duration, bool) {
+	st, err := js.Stream(ctx, "KV_"+cfg.Bucket)
+	if err != nil {
+		return 0, false
+	}
+	c := st.CachedInfo().Config
+	history := max(cfg.History, 1)
+	replicas := max(cfg.Replicas, 1)
+	ok := c.MaxMsgsPerSubject == int64(history) && c.Replicas == replicas && c.SubjectDeleteMarkerTTL == MarkerTTL
+	return c.SubjectDeleteMarkerTTL, ok
 }
 
 // PurgeOpts are the options of a purge that leaves a marker of markerTTL

@@ -44,7 +44,7 @@ func natsServer(t *testing.T) (string, map[string]string) {
 	port := freePort(t)
 	passwords := map[string]string{}
 	env := os.Environ()
-	for _, u := range []string{"gateway", "auth", "presence", "timer", "app"} {
+	for _, u := range []string{"admin", "gateway", "auth", "presence", "timer", "app"} {
 		passwords[u] = u + "-pw-" + fmt.Sprint(time.Now().UnixNano())
 		env = append(env, strings.ToUpper(u)+"_PASSWORD="+passwords[u])
 	}
@@ -131,12 +131,15 @@ func TestShippedPermissions(t *testing.T) {
 			{false, "$JS.API.STREAM.DELETE.KV_sb_presence"}, {false, "$KV.sb_timers.t.0.x"}},
 		"presence": {{true, "sb.auth.verify"}, {true, "_INBOX_gateway.>"}, {true, "sb.in.>"},
 			{false, "$JS.API.STREAM.DELETE.KV_sb_timers"}, {false, "$JS.API.STREAM.CREATE.capture"}, {false, "$KV.sb_timers.t.0.x"},
+			{false, "$JS.API.STREAM.UPDATE.KV_sb_presence"}, {false, "$JS.API.STREAM.CREATE.KV_sb_presence"},
 			{false, "sb.out.user.x"}},
 		"timer": {{true, "sb.auth.verify"}, {true, "sb.in.>"}, {true, "_INBOX_presence.>"},
 			{false, "$JS.API.STREAM.DELETE.KV_sb_presence"}, {false, "$JS.API.STREAM.CREATE.capture"}, {false, "$KV.sb_presence.u.x"},
+			{false, "$JS.API.STREAM.UPDATE.KV_sb_timers"}, {false, "$JS.API.STREAM.UPDATE.sb_timer_events"},
 			{false, "sb.out.user.x"}, {false, "sb.presence.admit"}},
 		"auth": {{true, "sb.in.>"}, {true, "sb.out.>"}, {true, "_INBOX_gateway.>"},
 			{false, "sb.out.user.x"}, {false, "sb.in.x"}, {false, "$JS.API.INFO"}},
+		"admin": {{true, "sb.auth.verify"}, {true, "sb.>"}, {false, "sb.out.user.x"}, {false, "$KV.sb_presence.u.x"}},
 		"gateway": {{true, "sb.auth.verify"}, {true, "_INBOX_app.>"}, {true, "sb.presence.>"},
 			{false, "$JS.API.INFO"}, {false, "sb.out.user.x"}, {false, "sb.event.connected"}, {false, "$KV.sb_presence.u.x"}},
 	}

@@ -17,6 +17,10 @@ type mainConfig struct {
 	NATS     boot.NATSConfig    `koanf:"nats"`
 	Log      boot.LogConfig     `koanf:"log"`
 	Presence presencesvc.Config `koanf:"presence"`
+	// Provision creates or updates the bucket, then exits (run it with a
+	// NATS user allowed to manage streams; the service's own user then
+	// needs no such right).
+	Provision bool `koanf:"provision"`
 }
 
 func defaultConfig() mainConfig {
@@ -41,6 +45,13 @@ func run(ctx context.Context, log *slog.Logger, cfg mainConfig) error {
 		return err
 	}
 	defer cfg.NATS.Drain(nc)
+	if cfg.Provision {
+		if err := presencesvc.Provision(ctx, nc, cfg.Presence); err != nil {
+			return fmt.Errorf("provision: %w", err)
+		}
+		log.Info("provisioned", "bucket", cfg.Presence.Bucket)
+		return nil
+	}
 	svc, err := presencesvc.Start(ctx, log, nc, cfg.Presence)
 	if err != nil {
 		return fmt.Errorf("start presence: %w", err)

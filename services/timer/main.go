@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -19,6 +20,10 @@ type Config struct {
 	NATS  boot.NATSConfig `koanf:"nats"`
 	Log   boot.LogConfig  `koanf:"log"`
 	Timer timersvc.Config `koanf:"timer"`
+	// Provision creates or updates the bucket and the events stream, then
+	// exits (run it with a NATS user allowed to manage streams; the
+	// service's own user then needs no such right).
+	Provision bool `koanf:"provision"`
 }
 
 // DefaultConfig returns the binary's defaults.
@@ -50,6 +55,13 @@ func run(ctx context.Context, log *slog.Logger, cfg Config) error {
 		return err
 	}
 	defer cfg.NATS.Drain(nc)
+	if cfg.Provision {
+		if err := timersvc.Provision(ctx, nc, cfg.Timer); err != nil {
+			return fmt.Errorf("provision: %w", err)
+		}
+		log.Info("provisioned", "bucket", cfg.Timer.Bucket, "stream", cfg.Timer.EventsStream)
+		return nil
+	}
 	svc, err := timersvc.Start(ctx, log, nc, cfg.Timer)
 	if err != nil {
 		return err

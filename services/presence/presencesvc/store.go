@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
@@ -154,4 +155,18 @@ func indexOf(conns []api.Conn, socketID string) int {
 		}
 	}
 	return -1
+}
+
+// Provision creates or updates the bucket as cfg asks, for an operator
+// whose NATS user may (the service's own user then only binds to it).
+func Provision(ctx context.Context, nc *nats.Conn, cfg Config) error {
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("presence config: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	_, _, err = openBucket(ctx, js, cfg)
+	return err
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"time"
 
@@ -28,8 +29,37 @@ const edgeTimeout = 5 * time.Second
 // delivery subject once stored, and events for backend services on
 // sb.timer.event.>. Messages carry Nats-Msg-Id, so a repeat within the
 // duplicate window is neither stored nor republished.
+//
+// A stream that exists with these settings is bound as it is (that needs
+// only the right to read its info: it may have been provisioned by an
+// administrator); otherwise it is created or updated.
 func openStream(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.Stream, error) {
-	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	want := streamConfig(cfg)
+	st, err := js.Stream(ctx, cfg.EventsStream)
+	switch {
+	case err == nil && streamMatches(st.CachedInfo().Config, want):
+		return st, nil
+	case err != nil && !errors.Is(err, jetstream.ErrStreamNotFound):
+		return nil, fmt.Errorf("open stream %s: %w", cfg.EventsStream, err)
+	}
+	st, err = js.CreateOrUpdateStream(ctx, want)
+	if err != nil {
+		return nil, fmt.Errorf("open stream %s: %w", cfg.EventsStream, err)
+	}
+	return st, nil
+}
+
+// streamMatches reports whether an existing stream has the settings that
+// matter of want.
+func streamMatches(have, want jetstream.StreamConfig) bool {
+	return slices.Equal(have.Subjects, want.Subjects) && have.Replicas == want.Replicas &&
+		have.MaxAge == want.MaxAge && have.MaxBytes == want.MaxBytes && have.Duplicates == want.Duplicates &&
+		have.AllowDirect == want.AllowDirect && have.RePublish != nil && *have.RePublish == *want.RePublish
+}
+
+// streamConfig is the events stream as cfg asks for it.
+func streamConfig(cfg Config) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:        cfg.EventsStream,
 		Description: "Switchboard timer edges (republished to devices) and timer events",
 		Subjects:    []string{subject.TimerEdges, subject.TimerEvents},
@@ -41,11 +71,7 @@ func openStream(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstr
 		Discard:     jetstream.DiscardOld,
 		AllowDirect: true,
 		RePublish:   &jetstream.RePublish{Source: subject.TimerEdges, Destination: subject.TimerEdgeRepublish},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open stream %s: %w", cfg.EventsStream, err)
 	}
-	return st, nil
 }
 
 // msgID names one message of one timer: the repeat of a message by any

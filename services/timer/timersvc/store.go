@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
@@ -230,4 +231,22 @@ func list(doc userDoc, now int64) []api.TimerInfo {
 	}
 	slices.SortFunc(out, func(a, b api.TimerInfo) int { return strings.Compare(a.DeviceID, b.DeviceID) })
 	return out
+}
+
+// Provision creates or updates the bucket and the events stream as cfg
+// asks, for an operator whose NATS user may (the service's own user then
+// only binds to them).
+func Provision(ctx context.Context, nc *nats.Conn, cfg Config) error {
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("timer config: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	if _, _, err := openBucket(ctx, js, cfg); err != nil {
+		return err
+	}
+	_, err = openStream(ctx, js, cfg)
+	return err
 }
