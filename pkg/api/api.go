@@ -139,6 +139,13 @@ type Heartbeat struct {
 	Digest uint64 `json:"digest"`
 }
 
+// AddressReport is a gateway's engine count per client address, for the
+// addresses holding at least a reporting floor of engines there.
+type AddressReport struct {
+	Gateway string         `json:"gateway"`
+	Engines map[string]int `json:"engines"`
+}
+
 // SocketDigest adds (or, applied again, removes) a socket id to an
 // order-independent digest of a set of ids: the XOR of their FNV-1a hashes.
 func SocketDigest(d uint64, socketID string) uint64 {

@@ -231,6 +231,9 @@ const (
 	PresenceReset    = Prefix + ".presence.reset"
 	TimerListAPI     = Prefix + ".timer.list"
 	GatewayHeartbeat = Prefix + ".gw.heartbeat"
+	// GatewayAddresses carries each gateway's engine counts of its busiest
+	// client addresses, so that the per-address cap holds across gateways.
+	GatewayAddresses = Prefix + ".gw.ips"
 )
 
 // Lifecycle fan-out events published by presence.

@@ -71,6 +71,7 @@ type Gateway struct {
 	srv  *http.Server
 	ctrl *nats.Subscription
 	list *nats.Subscription // presence asking for the sockets
+	ips  *nats.Subscription // other gateways' address reports
 	all  *nats.Subscription // sb.out.all
 
 	shards []chan *nats.Msg
@@ -177,6 +178,9 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	}
 	if g.ctrl, err = nc.Subscribe(ctrlSubj, g.onDisconnectOrder); err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", ctrlSubj, err)
+	}
+	if g.ips, err = nc.Subscribe(subject.GatewayAddresses, g.onAddresses); err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", subject.GatewayAddresses, err)
 	}
 	listSubj, err := subject.GatewayControl(g.id, subject.OpSockets)
 	if err != nil {
@@ -307,6 +311,9 @@ func (g *Gateway) Stop(ctx context.Context) error {
 	}
 	if g.list != nil {
 		_ = g.list.Unsubscribe()
+	}
+	if g.ips != nil {
+		_ = g.ips.Unsubscribe()
 	}
 	_ = g.m.Close()
 	g.wg.Wait()
@@ -635,6 +642,7 @@ func (g *Gateway) heartbeatLoop() {
 			return
 		case <-t.C:
 			g.publishHeartbeat()
+			g.publishAddresses()
 		}
 	}
 }
@@ -652,6 +660,24 @@ func (g *Gateway) releaseLoop() {
 			g.retryReleases(g.ctx)
 		}
 	}
+}
+
+// publishAddresses tells the other gateways how many engines the busiest
+// client addresses hold here.
+func (g *Gateway) publishAddresses() {
+	b, _ := json.Marshal(api.AddressReport{Gateway: g.id, Engines: g.adm.report()})
+	if err := g.nc.Publish(subject.GatewayAddresses, b); err != nil {
+		g.log.Debug("publish address report", "err", err)
+	}
+}
+
+// onAddresses takes in another gateway's address report.
+func (g *Gateway) onAddresses(m *nats.Msg) {
+	var r api.AddressReport
+	if err := json.Unmarshal(m.Data, &r); err != nil || r.Gateway == "" || r.Gateway == g.id {
+		return
+	}
+	g.adm.learn(r.Gateway, r.Engines, time.Now())
 }
 
 func (g *Gateway) publishHeartbeat() {

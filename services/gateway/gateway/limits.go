@@ -3,6 +3,7 @@ package gateway
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -23,7 +24,18 @@ type admission struct {
 	mu    sync.Mutex
 	total int
 	perIP map[string]*ipState
+	// remote holds the other gateways' reports: engines per address.
+	remote map[string]remoteReport
 }
+
+// remoteReport is one other gateway's last report.
+type remoteReport struct {
+	engines map[string]int
+	at      time.Time
+}
+
+// reportTTL is how long another gateway's report counts.
+const reportTTL = 10 * time.Second
 
 type ipState struct {
 	engines int
@@ -39,6 +51,7 @@ func newAdmission(cfg Config) *admission {
 		burst:      cfg.HandshakeBurst,
 		maxTracked: 2*cfg.MaxEngines + 65536,
 		perIP:      map[string]*ipState{},
+		remote:     map[string]remoteReport{},
 	}
 }
 
@@ -60,7 +73,7 @@ func (a *admission) admit(ip string, now time.Time) *engineError {
 		return &errHandshakeRate
 	case a.total >= a.maxEngines:
 		return &errBusy
-	case st.engines >= a.maxPerIP:
+	case st.engines+a.remoteEnginesLocked(ip, now) >= a.maxPerIP:
 		return &errTooManyFromIP
 	}
 	st.engines++
@@ -158,4 +171,60 @@ func (ps proxies) clientIP(remoteAddr string, xff []string) string {
 		}
 	}
 	return client.String()
+}
+
+// remoteEnginesLocked is the engines of ip on the other gateways, as last
+// reported.
+func (a *admission) remoteEnginesLocked(ip string, now time.Time) int {
+	n := 0
+	for gw, r := range a.remote {
+		if now.Sub(r.at) > reportTTL {
+			delete(a.remote, gw)
+			continue
+		}
+		n += r.engines[ip]
+	}
+	return n
+}
+
+// reportFloor is the number of engines from one address from which a
+// gateway reports it to the others: a few per address are always fine.
+func (a *admission) reportFloor() int { return max(1, a.maxPerIP/8) }
+
+// report lists the addresses holding at least reportFloor engines here
+// (at most maxReported of them, the busiest).
+func (a *admission) report() map[string]int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	floor := a.reportFloor()
+	out := map[string]int{}
+	for ip, st := range a.perIP {
+		if st.engines >= floor {
+			out[ip] = st.engines
+		}
+	}
+	if len(out) > maxReported {
+		ips := make([]string, 0, len(out))
+		for ip := range out {
+			ips = append(ips, ip)
+		}
+		slices.SortFunc(ips, func(x, y string) int { return out[y] - out[x] })
+		for _, ip := range ips[maxReported:] {
+			delete(out, ip)
+		}
+	}
+	return out
+}
+
+// maxReported bounds the addresses of one report.
+const maxReported = 2000
+
+// learn records another gateway's report.
+func (a *admission) learn(gw string, engines map[string]int, now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(engines) > maxReported {
+		return // not from a gateway of ours
+	}
+	a.remote[gw] = remoteReport{engines: engines, at: now}
 }

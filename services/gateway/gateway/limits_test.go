@@ -164,3 +164,56 @@ func TestHTTPBounds(t *testing.T) {
 		t.Fatalf("trickling POST answered %d after %s, close %v", resp.StatusCode, d, resp.Close)
 	}
 }
+
+// The per-address cap holds across gateways: each reports its busiest
+// addresses every heartbeat, and the others count those engines too.
+func TestPerAddressCapAcrossGateways(t *testing.T) {
+	st := newStack(t, func(c *Config, _ *presencesvc.Config) {
+		c.MaxEnginesPerIP, c.HandshakeRate, c.HandshakeBurst = 4, 1000, 1000
+	})
+	gw2 := st.secondGateway(func(c *Config) {
+		c.MaxEnginesPerIP, c.HandshakeRate, c.HandshakeBurst = 4, 1000, 1000
+		c.HeartbeatInterval = 100 * time.Millisecond
+	})
+	via := *st
+	via.gw = gw2
+	for range 3 {
+		via.dial("", nil)
+	}
+	// The first gateway hears of them, then admits one more at most.
+	eventually(t, 3*time.Second, func() bool {
+		st.gw.adm.mu.Lock()
+		defer st.gw.adm.mu.Unlock()
+		return st.gw.adm.remoteEnginesLocked("127.0.0.1", time.Now()) == 3
+	}, "the other gateway's report")
+	st.dial("", nil)
+	_, resp, err := websocket.DefaultDialer.Dial(st.url(""), nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("fifth engine from one address over two gateways: %v %v", resp, err)
+	}
+}
+
+func TestAddressReportFloorAndBound(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MaxEngines, cfg.MaxEnginesPerIP, cfg.HandshakeRate, cfg.HandshakeBurst = 1<<20, 16, 1e9, 1<<30
+	a := newAdmission(cfg)
+	now := time.Now()
+	for range 2 {
+		a.admit("few", now) // under the floor (16/8)
+	}
+	for i := range maxReported + 10 {
+		for range 3 {
+			a.admit(fmt.Sprintf("10.0.%d.%d", i/256, i%256), now)
+		}
+	}
+	r := a.report()
+	if len(r) != maxReported || r["few"] != 0 {
+		t.Fatalf("report of %d addresses, few=%d", len(r), r["few"])
+	}
+	a.learn("other", map[string]int{"x": 5}, now.Add(-2*reportTTL))
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if n := a.remoteEnginesLocked("x", now); n != 0 {
+		t.Fatalf("a stale report counted: %d", n)
+	}
+}
