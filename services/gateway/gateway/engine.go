@@ -150,6 +150,9 @@ type engine struct {
 
 	// inMu serialises the client's input (WebSocket reader, POSTs).
 	inMu sync.Mutex
+	// verdicts came with the input being handled from another gateway
+	// (guarded by inMu; see verified.go).
+	verdicts []verdict
 	// broken is set when a send queue overflowed.
 	broken   atomic.Bool
 	slowOnce atomic.Bool

@@ -432,7 +432,7 @@ func (g *Gateway) serveEngine(w http.ResponseWriter, r *http.Request) {
 			if err := g.hub.addForward(e); err != nil {
 				g.log.Warn("engine forwarding", "err", err)
 			}
-			writeReply(w, e.servePoll(r.Context(), http.MethodGet, nil))
+			writeReply(w, e.servePoll(r.Context(), http.MethodGet, nil, nil))
 		case sid == "":
 			errBadMethod.write(w)
 		case r.Method != http.MethodGet && r.Method != http.MethodPost:
@@ -452,7 +452,7 @@ func (g *Gateway) serveEngine(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			if e := g.hub.engine(sid); e != nil {
-				writeReply(w, e.servePoll(r.Context(), r.Method, body))
+				writeReply(w, e.servePoll(r.Context(), r.Method, body, nil))
 				return
 			}
 			writeReply(w, g.forward(r.Context(), sid, r.Method, body))

@@ -199,8 +199,9 @@ func engineErrReply(e engineError) httpReply {
 	return httpReply{status: e.status, contentType: "application/json", body: e.json()}
 }
 
-// servePoll answers a GET or POST for a polling session held here.
-func (e *engine) servePoll(ctx context.Context, method string, body []byte) httpReply {
+// servePoll answers a GET or POST for a polling session held here; vs are
+// the verdicts that came with a POST forwarded by another gateway.
+func (e *engine) servePoll(ctx context.Context, method string, body []byte, vs []verdict) httpReply {
 	t, ok := e.pollTr()
 	if !ok {
 		return engineErrReply(errBadRequest)
@@ -227,6 +228,8 @@ func (e *engine) servePoll(ctx context.Context, method string, body []byte) http
 		}
 		e.inMu.Lock()
 		defer e.inMu.Unlock()
+		e.verdicts = vs
+		defer func() { e.verdicts = nil }()
 		ps, err := engineio.DecodePayload(body)
 		if err != nil {
 			e.malformed(err)

@@ -83,7 +83,7 @@ func (e *engine) acceptRelay(relayID string) httpReply {
 			_ = m.Sub.Unsubscribe()
 			return
 		}
-		e.onTransportFrame(t, m.Data, m.Header.Get(headerBinary) != "")
+		e.onTransportFrame(t, m.Data, m.Header.Get(headerBinary) != "", verdictsOf(m))
 	})
 	if err != nil {
 		e.abortUpgrade(nil)
@@ -169,6 +169,10 @@ func (p *relayPipe) toHolder(b []byte, binary bool) {
 	m := nats.NewMsg(p.in)
 	if binary {
 		m.Header.Set(headerBinary, "1")
+	} else {
+		var vs []verdict
+		b, vs = p.g.stripFrame(p.g.ctx, b)
+		setVerdicts(m, vs)
 	}
 	m.Data = b
 	if err := p.g.nc.PublishMsg(m); err != nil {

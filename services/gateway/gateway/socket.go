@@ -152,7 +152,12 @@ func (e *engine) identify(s *socket, auth map[string]json.RawMessage) (api.Verif
 		return api.VerifyReply{}, msgInvalidDevice
 	}
 	id := api.VerifyReply{UserID: s.id}
-	if !g.opts.noAuth {
+	if v, ok := e.verdictFor(auth["token"]); ok && !g.opts.noAuth {
+		if v.Msg != "" {
+			return id, v.Msg
+		}
+		id = *v.ID
+	} else if !g.opts.noAuth {
 		token, msg := credentials{
 			authToken:  auth["token"],
 			header:     e.header.Get("Authorization"),

@@ -19,7 +19,7 @@ import (
 // transport, or from a WebSocket probing to take over from polling.
 func (e *engine) onWSFrame(s *melody.Session, b []byte, binary bool) {
 	if tr := e.wsTransportOf(s); tr != nil {
-		e.onTransportFrame(tr, b, binary)
+		e.onTransportFrame(tr, b, binary, nil)
 	}
 }
 
@@ -43,7 +43,7 @@ func (e *engine) wsTransportOf(s *melody.Session) transport {
 }
 
 // onTransportFrame handles a frame that came in on tr.
-func (e *engine) onTransportFrame(tr transport, b []byte, binary bool) {
+func (e *engine) onTransportFrame(tr transport, b []byte, binary bool, vs []verdict) {
 	e.mu.Lock()
 	probe, active := e.upgrading == tr, e.tr == tr
 	e.mu.Unlock()
@@ -53,6 +53,8 @@ func (e *engine) onTransportFrame(tr transport, b []byte, binary bool) {
 	case active:
 		e.inMu.Lock()
 		defer e.inMu.Unlock()
+		e.verdicts = vs
+		defer func() { e.verdicts = nil }()
 		e.onFrame(b, binary)
 	}
 }
@@ -175,7 +177,7 @@ func (e *engine) serveForwarded(m *nats.Msg) {
 	if method := m.Header.Get(headerMethod); method == methodUpgrade {
 		r = e.acceptRelay(m.Header.Get(headerRelay))
 	} else {
-		r = e.servePoll(ctx, method, m.Data)
+		r = e.servePoll(ctx, method, m.Data, verdictsOf(m))
 	}
 	reply := nats.NewMsg(m.Reply)
 	reply.Header.Set(headerStatus, strconv.Itoa(r.status))
@@ -194,6 +196,11 @@ func (g *Gateway) forward(ctx context.Context, sid, method string, body []byte) 
 	}
 	m := nats.NewMsg(subj)
 	m.Header.Set(headerMethod, method)
+	if method == http.MethodPost {
+		var vs []verdict
+		body, vs = g.stripPayload(ctx, body)
+		setVerdicts(m, vs)
+	}
 	m.Data = body
 	timeout := g.cfg.RequestTimeout
 	if method == http.MethodGet {

@@ -1,0 +1,102 @@
+package gateway
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+)
+
+// tap records everything published on subj (the test's own, unrestricted
+// NATS user sees what any gateway does).
+func tap(t *testing.T, nc *nats.Conn, subj string) func() string {
+	t.Helper()
+	var mu sync.Mutex
+	var all strings.Builder
+	sub, err := nc.Subscribe(subj, func(m *nats.Msg) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(&all, "%v %s\n", m.Header, m.Data)
+	})
+	must(t, err)
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	must(t, nc.Flush())
+	return func() string {
+		_ = nc.Flush()
+		mu.Lock()
+		defer mu.Unlock()
+		return all.String()
+	}
+}
+
+// A CONNECT forwarded to the gateway holding the session (a polling POST)
+// or relayed to it (a WebSocket frame) crosses the bus without its token:
+// the forwarding gateway verifies it and sends the outcome.
+func TestTokensNotForwardedOnTheBus(t *testing.T) {
+	st := newStack(t)
+	gw2 := st.secondGateway()
+	seen := tap(t, st.nc, "sb.engine.>")
+	seenRelay := tap(t, st.nc, "sb.relay.>")
+
+	// Polling held by the first gateway, the CONNECT POSTed to the second.
+	tok := st.token("fwd")
+	p := st.poller("http://"+st.gw.Addr().String(), "http://"+gw2.Addr().String())
+	p.post(`40{"token":"` + tok + `","deviceId":"phone"}`)
+	if got := p.getSkipping(); len(got) == 0 || !strings.HasPrefix(got[0], `40{"sid":`) {
+		t.Fatalf("forwarded CONNECT answered %q", got)
+	}
+	// A bad token is refused through the forward as well.
+	p2 := st.poller("http://"+st.gw.Addr().String(), "http://"+gw2.Addr().String())
+	p2.post(`40{"token":"not-a-jwt"}`)
+	if got := p2.getSkipping(); len(got) == 0 || got[0] != `44{"message":"Unauthorized"}` {
+		t.Fatalf("forwarded bad CONNECT answered %q", got)
+	}
+
+	// The whole handshake over a WebSocket relayed by the second gateway.
+	p3 := st.poller()
+	c, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s/socket.io/?EIO=4&transport=websocket&sid=%s", gw2.Addr(), p3.sid), nil)
+	must(t, err)
+	defer c.Close()
+	must(t, c.WriteMessage(websocket.TextMessage, []byte("2probe")))
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, b, err := c.ReadMessage(); err != nil || string(b) != "3probe" {
+		t.Fatalf("probe %q %v", b, err)
+	}
+	must(t, c.WriteMessage(websocket.TextMessage, []byte("5")))
+	time.Sleep(100 * time.Millisecond)
+	must(t, c.WriteMessage(websocket.TextMessage, []byte(`40{"token":"`+tok+`"}`)))
+	for {
+		_, b, err := c.ReadMessage()
+		if err != nil {
+			t.Fatalf("relayed CONNECT: %v", err)
+		}
+		if strings.HasPrefix(string(b), "40") {
+			if !strings.HasPrefix(string(b), `40{"sid":`) {
+				t.Fatalf("relayed CONNECT answered %q", b)
+			}
+			break
+		}
+	}
+	if bus := seen() + seenRelay(); strings.Contains(bus, tok) || !strings.Contains(bus, verifiedPrefix) {
+		t.Fatalf("the token crossed the bus (or nothing was forwarded):\n%s", bus)
+	}
+}
+
+// A client cannot claim a verdict itself: "sb-verified:0" sent straight to
+// a gateway is a token like any other, and refused.
+func TestClientCannotClaimAVerdict(t *testing.T) {
+	st := newStack(t)
+	w := st.dial("", nil)
+	if got := w.connect(`{"token":"sb-verified:0"}`); got != `44{"message":"Unauthorized"}` {
+		t.Fatalf("got %q", got)
+	}
+	p := st.poller()
+	p.post(`40{"token":"sb-verified:0"}`)
+	if got := p.getSkipping(); len(got) == 0 || got[0] != `44{"message":"Unauthorized"}` {
+		t.Fatalf("polling got %q", got)
+	}
+}
