@@ -315,3 +315,17 @@ func TestStartFailsCleanlyOnBusyPort(t *testing.T) {
 		t.Fatal("second stack on a busy port started")
 	}
 }
+
+// The development stack accepts tokens signed with a public secret: its
+// gateway listens on loopback only unless told otherwise.
+func TestDefaultGatewayListensOnLoopback(t *testing.T) {
+	for _, p := range Profiles {
+		c, err := ProfileConfig(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(c.Gateway.Listen, "127.0.0.1:") {
+			t.Errorf("profile %q: gateway listens on %q", p, c.Gateway.Listen)
+		}
+	}
+}

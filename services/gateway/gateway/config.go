@@ -39,6 +39,9 @@ type Config struct {
 	MaxHeaderBytes int           `koanf:"max_header_bytes"`
 	BodyTimeout    time.Duration `koanf:"body_timeout"`
 	IdleTimeout    time.Duration `koanf:"idle_timeout"`
+	// UpgradeTimeout bounds a WebSocket upgrade from its probe to its `5`:
+	// past it the WebSocket is closed and the session stays on polling.
+	UpgradeTimeout time.Duration `koanf:"upgrade_timeout"`
 	SendQueue      int           `koanf:"send_queue"`
 	// SendQueueBytes bounds the bytes queued for one client (WebSocket
 	// frames not yet written, polling packets not yet fetched, deliveries
@@ -76,6 +79,7 @@ func DefaultConfig() Config {
 		MaxHeaderBytes:    32 << 10,
 		BodyTimeout:       10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+		UpgradeTimeout:    10 * time.Second,
 		RequestTimeout:    5 * time.Second,
 		HeartbeatInterval: 3 * time.Second,
 		Namespaces:        []string{"/"},
@@ -106,7 +110,7 @@ func (c Config) validate() error {
 	check(c.MaxEngines > 0 && c.MaxEnginesPerIP > 0, "max_engines and max_engines_per_ip must be positive")
 	check(c.HandshakeRate > 0 && c.HandshakeBurst > 0, "handshake_rate and handshake_burst must be positive")
 	check(c.MaxHeaderBytes >= 4096, "max_header_bytes must be at least 4096")
-	check(c.BodyTimeout > 0 && c.IdleTimeout > 0, "body_timeout and idle_timeout must be positive")
+	check(c.BodyTimeout > 0 && c.IdleTimeout > 0 && c.UpgradeTimeout > 0, "body_timeout, idle_timeout and upgrade_timeout must be positive")
 	check(len(c.Namespaces) > 0, "namespaces is empty")
 	for _, ns := range c.Namespaces {
 		check(strings.HasPrefix(ns, "/"), "namespace %q must start with /", ns)

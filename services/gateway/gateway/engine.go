@@ -111,6 +111,7 @@ const (
 	timerConnect
 	timerAck
 	timerExpiry
+	timerUpgrade
 )
 
 type timerKey struct {
@@ -136,6 +137,8 @@ func (g *Gateway) fire(k timerKey, _ time.Time) {
 	case timerExpiry:
 		k.s.e.log().Debug("token expired", "socket", k.s.id)
 		k.s.e.kick(k.s)
+	case timerUpgrade:
+		k.e.upgradeTimedOut()
 	}
 }
 
@@ -484,6 +487,7 @@ func (e *engine) close(why closeReason) {
 	e.g.sched.Cancel(timerKey{e: e, kind: timerPing})
 	e.g.sched.Cancel(timerKey{e: e, kind: timerPong})
 	e.g.sched.Cancel(timerKey{e: e, kind: timerConnect})
+	e.g.sched.Cancel(timerKey{e: e, kind: timerUpgrade})
 	for _, s := range held {
 		e.g.hub.removeSocket(s, true)
 	}

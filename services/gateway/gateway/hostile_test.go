@@ -433,3 +433,40 @@ func TestPayloadLimitsAgreeWithNATS(t *testing.T) {
 		t.Fatalf("oversized ack: %v", err)
 	}
 }
+
+// An upgrade whose `5` never comes (here: the client stops after the
+// probe) is given up after upgrade_timeout: the WebSocket is closed, the
+// session goes on polling and may upgrade again.
+func TestUpgradeTimesOut(t *testing.T) {
+	st := newStack(t, func(c *Config, _ *presencesvc.Config) { c.UpgradeTimeout = 300 * time.Millisecond })
+	p := st.poller()
+	sid := p.connect(st.token("upg"))
+	wsURL := fmt.Sprintf("ws://%s/socket.io/?EIO=4&transport=websocket&sid=%s", st.gw.Addr(), p.sid)
+	c, _, err := websocket.DefaultDialer.Dial(wsURL, nil)
+	must(t, err)
+	defer c.Close()
+	must(t, c.WriteMessage(websocket.TextMessage, []byte("2probe")))
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, b, err := c.ReadMessage(); err != nil || string(b) != "3probe" {
+		t.Fatalf("probe %q %v", b, err)
+	}
+	start := time.Now()
+	if _, _, err := c.ReadMessage(); err == nil {
+		t.Fatal("the stalled upgrade's WebSocket was not closed")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("closed after %s", d)
+	}
+	must(t, client.New(st.nc).NotifyConn(sid, "still", "polling"))
+	if got := p.getSkipping(); len(got) == 0 || got[len(got)-1] != `42["still","polling"]` {
+		t.Fatalf("poll after the failed upgrade: %q", got)
+	}
+	c2, _, err := websocket.DefaultDialer.Dial(wsURL, nil)
+	must(t, err)
+	defer c2.Close()
+	must(t, c2.WriteMessage(websocket.TextMessage, []byte("2probe")))
+	_ = c2.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, b, err := c2.ReadMessage(); err != nil || string(b) != "3probe" {
+		t.Fatalf("second upgrade probe %q %v", b, err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/olahol/melody"
@@ -95,6 +96,19 @@ func (e *engine) probeConnected(t transport) {
 	}
 	e.upgrading = t
 	e.mu.Unlock()
+	e.g.sched.Set(timerKey{e: e, kind: timerUpgrade}, time.Now().Add(e.g.cfg.UpgradeTimeout))
+}
+
+// upgradeTimedOut gives the engine back to polling when its upgrade did
+// not complete within upgrade_timeout.
+func (e *engine) upgradeTimedOut() {
+	e.mu.Lock()
+	t := e.upgrading
+	e.mu.Unlock()
+	if t != nil {
+		e.log().Debug("upgrade timed out")
+		e.abortUpgrade(t)
+	}
 }
 
 // abortUpgrade gives the engine back to polling.
@@ -109,6 +123,7 @@ func (e *engine) abortUpgrade(t transport) {
 	if e.polling != nil {
 		e.polling.setProbing(false)
 	}
+	e.g.sched.Cancel(timerKey{e: e, kind: timerUpgrade})
 }
 
 var probeData = []byte("probe")
@@ -139,6 +154,7 @@ func (e *engine) onProbeFrame(b []byte, binary bool) {
 		e.tr = e.upgrading
 		e.upgrading = nil
 		e.tr.send(queued...)
+		e.g.sched.Cancel(timerKey{e: e, kind: timerUpgrade})
 	default:
 		e.mu.Lock()
 		t := e.upgrading
