@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -562,14 +561,7 @@ func TestStopDrainsWithout41(t *testing.T) {
 func TestSlowClientIsDisconnectedNotSilentlyDropped(t *testing.T) {
 	st := newStack(t, func(c *Config, _ *presencesvc.Config) { c.SendQueue = 8 })
 	// A client with a tiny receive buffer that reads nothing for a while.
-	dialer := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetReadBuffer(4096)
-		}
-		return c, err
-	}}
-	c, _, err := dialer.Dial(st.url(""), nil)
+	c, _, err := smallBufferDialer().Dial(st.url(""), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

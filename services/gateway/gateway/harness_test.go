@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -269,4 +270,36 @@ func (w *wsClient) skipUpdates(d time.Duration) (string, error) {
 // isUpdate reports whether a frame is a `connections` update (any namespace).
 func isUpdate(s string) bool {
 	return strings.HasPrefix(s, "42") && strings.Contains(s, `["connections",`)
+}
+
+// smallBufferDialer dials WebSockets with a 4 KB receive buffer, so that a
+// client that stops reading backs up into the gateway quickly.
+func smallBufferDialer() *websocket.Dialer {
+	return &websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetReadBuffer(4096)
+		}
+		return c, err
+	}}
+}
+
+// probeWS opens a WebSocket for the polling session sid at addr and
+// completes its probe (2probe, 3probe); the upgrade's `5` is the caller's.
+func probeWS(t testing.TB, addr, sid string) *websocket.Conn {
+	t.Helper()
+	c, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s/socket.io/?EIO=4&transport=websocket&sid=%s", addr, sid), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	if err := c.WriteMessage(websocket.TextMessage, []byte("2probe")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, b, err := c.ReadMessage(); err != nil || string(b) != "3probe" {
+		t.Fatalf("probe answer %q %v", b, err)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	return c
 }

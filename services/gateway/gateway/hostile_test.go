@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -101,14 +100,7 @@ func TestRelayedSlowClientClosedWithoutCrash(t *testing.T) {
 // connection and the socket id.
 func (st *stack) rawConnect(uid string) (*websocket.Conn, string) {
 	st.t.Helper()
-	dialer := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetReadBuffer(4096)
-		}
-		return c, err
-	}}
-	c, _, err := dialer.Dial(st.url(""), nil)
+	c, _, err := smallBufferDialer().Dial(st.url(""), nil)
 	if err != nil {
 		st.t.Fatal(err)
 	}
@@ -384,13 +376,7 @@ func TestPollRightAfterUpgradeGets400(t *testing.T) {
 	for i := range 20 {
 		p := st.poller()
 		p.connect(st.token(fmt.Sprintf("up%d", i)))
-		c, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s/socket.io/?EIO=4&transport=websocket&sid=%s", st.gw.Addr(), p.sid), nil)
-		must(t, err)
-		must(t, c.WriteMessage(websocket.TextMessage, []byte("2probe")))
-		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
-		if _, b, err := c.ReadMessage(); err != nil || string(b) != "3probe" {
-			t.Fatalf("probe answer %q %v", b, err)
-		}
+		c := probeWS(t, st.gw.Addr().String(), p.sid)
 		must(t, c.WriteMessage(websocket.TextMessage, []byte("5")))
 		if status, body := p.do(http.MethodGet, "", nil); status != 400 {
 			t.Fatalf("run %d: poll right after the upgrade: %d %q", i, status, body)
@@ -441,15 +427,8 @@ func TestUpgradeTimesOut(t *testing.T) {
 	st := newStack(t, func(c *Config, _ *presencesvc.Config) { c.UpgradeTimeout = 300 * time.Millisecond })
 	p := st.poller()
 	sid := p.connect(st.token("upg"))
-	wsURL := fmt.Sprintf("ws://%s/socket.io/?EIO=4&transport=websocket&sid=%s", st.gw.Addr(), p.sid)
-	c, _, err := websocket.DefaultDialer.Dial(wsURL, nil)
-	must(t, err)
-	defer c.Close()
-	must(t, c.WriteMessage(websocket.TextMessage, []byte("2probe")))
+	c := probeWS(t, st.gw.Addr().String(), p.sid)
 	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	if _, b, err := c.ReadMessage(); err != nil || string(b) != "3probe" {
-		t.Fatalf("probe %q %v", b, err)
-	}
 	start := time.Now()
 	if _, _, err := c.ReadMessage(); err == nil {
 		t.Fatal("the stalled upgrade's WebSocket was not closed")
@@ -461,12 +440,5 @@ func TestUpgradeTimesOut(t *testing.T) {
 	if got := p.getSkipping(); len(got) == 0 || got[len(got)-1] != `42["still","polling"]` {
 		t.Fatalf("poll after the failed upgrade: %q", got)
 	}
-	c2, _, err := websocket.DefaultDialer.Dial(wsURL, nil)
-	must(t, err)
-	defer c2.Close()
-	must(t, c2.WriteMessage(websocket.TextMessage, []byte("2probe")))
-	_ = c2.SetReadDeadline(time.Now().Add(3 * time.Second))
-	if _, b, err := c2.ReadMessage(); err != nil || string(b) != "3probe" {
-		t.Fatalf("second upgrade probe %q %v", b, err)
-	}
+	probeWS(t, st.gw.Addr().String(), p.sid) // a new upgrade may start
 }

@@ -240,8 +240,15 @@ func TestPollingConcurrentGetClosesSession(t *testing.T) {
 	p.connect(st.token("rob"))
 	first := make(chan string, 1)
 	go func() {
-		_, body := p.do(http.MethodGet, "", nil)
-		first <- body
+		for {
+			// A `connections` update may still be on its way after the
+			// CONNECT reply: poll again until a GET is held.
+			_, body := p.do(http.MethodGet, "", nil)
+			if !strings.HasPrefix(body, `42["connections"`) {
+				first <- body
+				return
+			}
+		}
 	}()
 	time.Sleep(200 * time.Millisecond)
 	status, body := p.do(http.MethodGet, "", nil)

@@ -58,14 +58,7 @@ func TestTokensNotForwardedOnTheBus(t *testing.T) {
 
 	// The whole handshake over a WebSocket relayed by the second gateway.
 	p3 := st.poller()
-	c, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s/socket.io/?EIO=4&transport=websocket&sid=%s", gw2.Addr(), p3.sid), nil)
-	must(t, err)
-	defer c.Close()
-	must(t, c.WriteMessage(websocket.TextMessage, []byte("2probe")))
-	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	if _, b, err := c.ReadMessage(); err != nil || string(b) != "3probe" {
-		t.Fatalf("probe %q %v", b, err)
-	}
+	c := probeWS(t, gw2.Addr().String(), p3.sid)
 	must(t, c.WriteMessage(websocket.TextMessage, []byte("5")))
 	time.Sleep(100 * time.Millisecond)
 	must(t, c.WriteMessage(websocket.TextMessage, []byte(`40{"token":"`+tok+`"}`)))
