@@ -80,4 +80,16 @@ type TimerStatus struct {
 	Partitions []int  `json:"partitions"` // partitions this instance drives
 	Timers     int    `json:"timers"`     // timers it drives
 	Members    int    `json:"members"`    // live instances it sees
+	// Ticks counts the ticks this instance sent since it started, and
+	// TickLateness how late they were handed to NATS: Late[i] ticks were
+	// at most TickLatenessBounds[i] late, the last entry counting the rest
+	// (cumulative since start, as a Prometheus histogram's buckets).
+	Ticks        uint64   `json:"ticks"`
+	TickLateness []uint64 `json:"tickLateness"`
+}
+
+// TickLatenessBounds are the upper bounds of TimerStatus.TickLateness.
+var TickLatenessBounds = []time.Duration{
+	time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond, 20 * time.Millisecond,
+	50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, time.Second,
 }

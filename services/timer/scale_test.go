@@ -272,6 +272,54 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// tickLateness sums the instances' tick lateness histograms.
+func (c *cluster) tickLateness() []uint64 {
+	c.t.Helper()
+	out := make([]uint64, len(api.TickLatenessBounds)+1)
+	for _, st := range c.status() {
+		for i, n := range st.TickLateness {
+			out[i] += n
+		}
+	}
+	return out
+}
+
+// histPct is the bucket bound under which the p-th percentile of a tick
+// lateness histogram falls.
+func histPct(h []uint64, p float64) time.Duration {
+	var total uint64
+	for _, n := range h {
+		total += n
+	}
+	var acc uint64
+	for i, n := range h {
+		acc += n
+		if float64(acc) >= float64(total)*p/100 {
+			if i < len(api.TickLatenessBounds) {
+				return api.TickLatenessBounds[i]
+			}
+			return time.Hour
+		}
+	}
+	return 0
+}
+
+// startOne starts d's timer and returns when the request was sent.
+func (c *cluster) startOne(d *device) int64 {
+	c.t.Helper()
+	subj, _ := subject.In(api.EventTimerStart)
+	m := nats.NewMsg(subj)
+	m.Header.Set(api.HeaderUser, d.uid)
+	m.Header.Set(api.HeaderDevice, d.dev)
+	m.Header.Set(api.HeaderEvent, api.EventTimerStart)
+	m.Data = fmt.Appendf(nil, `[{"dur":%d}]`, d.dur)
+	at := time.Now().UnixNano()
+	if reply, err := c.nc.RequestMsg(m, 5*time.Second); err != nil || !bytes.Contains(reply.Data, []byte(`"ok"`)) {
+		c.t.Fatalf("probe timerStart: %v", err)
+	}
+	return at
+}
+
 // pct returns the p-th percentile of sorted xs.
 func pct(xs []time.Duration, p float64) time.Duration {
 	if len(xs) == 0 {
@@ -303,7 +351,13 @@ func runScale(b *testing.B, n int) {
 	idleTook := time.Since(idleFrom)
 	// 2 devices per user, 90 to 149 s: nothing ends during the run.
 	devs := makeDevices(n/2, 2, 90, 60)
-	snk := c.sink(devs)
+	// Probes: timers started one by one during the steady window, while
+	// all the others tick, to time their first tick.
+	probes := make([]*device, 100)
+	for i := range probes {
+		probes[i] = &device{uid: fmt.Sprintf("probe-%d", i), dev: "p", dur: 60}
+	}
+	snk := c.sink(append(slices.Clone(devs), probes...))
 	t0 := time.Now()
 	sent, acked := c.startPaced(devs)
 	startTook := time.Since(t0)
@@ -317,9 +371,20 @@ func runScale(b *testing.B, n int) {
 	for i, k := range kids {
 		cpu0[i], _ = procStat(b, k.cmd.Process.Pid)
 	}
-	time.Sleep(scaleWindow)
+	late0 := c.tickLateness()
+	probeSent := make([]int64, len(probes))
+	pace := scaleWindow / time.Duration(len(probes)+1)
+	for i := range probes {
+		time.Sleep(pace)
+		probeSent[i] = c.startOne(probes[i])
+	}
+	time.Sleep(time.Until(winFrom.Add(scaleWindow)))
 	winTo := time.Now()
 	harness := selfCPU() - self0
+	late := c.tickLateness()
+	for i := range late {
+		late[i] -= late0[i]
+	}
 	var cpu time.Duration
 	var rss int64
 	for i, k := range kids {
@@ -346,7 +411,14 @@ func runScale(b *testing.B, n int) {
 	first := make([]int64, len(devs))
 	// The last value before the kill and the first after it, per device.
 	before, after := make([]int32, len(devs)), make([]int32, len(devs))
+	probeFirst := make([]int64, len(probes))
 	for _, a := range all {
+		if int(a.dev) >= len(devs) {
+			if i := int(a.dev) - len(devs); probeFirst[i] == 0 {
+				probeFirst[i] = a.at
+			}
+			continue
+		}
 		d := devs[a.dev]
 		if first[a.dev] == 0 {
 			first[a.dev] = a.at
@@ -388,6 +460,14 @@ func runScale(b *testing.B, n int) {
 	}
 	slices.Sort(firsts)
 	slices.Sort(acks)
+	var probeFirsts []time.Duration
+	for i, at := range probeFirst {
+		if at == 0 {
+			b.Fatalf("probe %d never ticked", i)
+		}
+		probeFirsts = append(probeFirsts, time.Duration(at-probeSent[i]))
+	}
+	slices.Sort(probeFirsts)
 	slices.Sort(gaps)
 	if want := n * int(scaleWindow/time.Second); len(lags) < want*9/10 {
 		b.Fatalf("%d ticks in the %s window, want about %d", len(lags), scaleWindow, want)
@@ -396,6 +476,10 @@ func runScale(b *testing.B, n int) {
 	b.ReportMetric(float64(n)/startTook.Seconds(), "starts/s")
 	b.ReportMetric(ms(pct(firsts, 50)), "first-p50-ms")
 	b.ReportMetric(ms(pct(firsts, 99)), "first-p99-ms")
+	b.ReportMetric(ms(pct(probeFirsts, 50)), "steady-first-p50-ms")
+	b.ReportMetric(ms(pct(probeFirsts, 99)), "steady-first-p99-ms")
+	b.ReportMetric(ms(histPct(late, 50)), "sent-p50-ms<=")
+	b.ReportMetric(ms(histPct(late, 99)), "sent-p99-ms<=")
 	b.ReportMetric(ms(pct(acks, 99)), "ack-p99-ms")
 	b.ReportMetric(ms(pct(lags, 50)), "late-p50-ms")
 	b.ReportMetric(ms(pct(lags, 99)), "late-p99-ms")

@@ -170,12 +170,15 @@ func (s *Service) Instance() string { return s.instance }
 // Status reports the partitions this instance drives.
 func (s *Service) Status() api.TimerStatus {
 	parts, n := s.ticker.owned()
+	ticks, late := s.ticker.tickStats()
 	return api.TimerStatus{
-		Instance:   s.instance,
-		Holder:     s.holder,
-		Partitions: parts,
-		Timers:     n,
-		Members:    len(s.coord.live(s.coord.view(), time.Now())),
+		Instance:     s.instance,
+		Holder:       s.holder,
+		Partitions:   parts,
+		Timers:       n,
+		Members:      len(s.coord.live(s.coord.view(), time.Now())),
+		Ticks:        ticks,
+		TickLateness: late,
 	}
 }
 

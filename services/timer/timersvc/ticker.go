@@ -75,6 +75,9 @@ type ticker struct {
 	mu    sync.Mutex
 	gen   uint64 // bumped on every activation
 	parts map[int]*part
+	// Since start: ticks sent, and how late (api.TickLatenessBounds).
+	ticks    uint64
+	lateHist []uint64
 	// Since the last report: publish failures, ticks sent late.
 	pubErrs int
 	lastErr error
@@ -91,7 +94,7 @@ var tickHeader = nats.Header{api.HeaderEvent: []string{api.EventTick}}
 // newTicker returns a ticker of partitions partitions whose scheduler wakes
 // on multiples of batch (0: at every due time).
 func newTicker(log *slog.Logger, pub msgPublisher, partitions int, batch time.Duration, edge func(edge)) *ticker {
-	t := &ticker{log: log, pub: pub, nparts: partitions, edge: edge, parts: map[int]*part{}}
+	t := &ticker{log: log, pub: pub, nparts: partitions, edge: edge, parts: map[int]*part{}, lateHist: make([]uint64, len(api.TickLatenessBounds)+1)}
 	t.sched = sched.NewBatched(batch, t.fire)
 	return t
 }
@@ -277,6 +280,7 @@ func (t *ticker) fire(st *tstate, due time.Time) {
 	r := min(st.next, st.rec.remaining(now.UnixMilli()))
 	if r > 0 {
 		t.publish(&nats.Msg{Subject: st.subj, Header: tickHeader, Data: tickPayload(r)})
+		t.countTick(time.Since(due))
 		st.next = r - 1
 		t.sched.Set(st, time.UnixMilli(st.rec.Deadline-int64(st.next)*1000))
 		return
@@ -314,6 +318,21 @@ func (t *ticker) current(uid, dev string) (int, bool) {
 		return 0, false // tick 0 goes to the device exactly once
 	}
 	return r, true
+}
+
+// countTick records a tick sent late by late; t.mu is held.
+func (t *ticker) countTick(late time.Duration) {
+	t.ticks++
+	i, _ := slices.BinarySearch(api.TickLatenessBounds, late)
+	t.lateHist[i]++
+}
+
+// tickStats returns the ticks sent since start and their lateness
+// histogram (a copy).
+func (t *ticker) tickStats() (uint64, []uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.ticks, slices.Clone(t.lateHist)
 }
 
 // publish sends one delivery; t.mu is held.

@@ -133,13 +133,23 @@ func TestConfigRefused(t *testing.T) {
 func TestCountdown(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	e.startLeader(t, testConfig())
+	svc := e.startLeader(t, testConfig())
 	w := who{"alice", "phone", "s1"}
 	in := e.listenDevice(t, w.uid, w.dev)
 	e.startTimer(t, w, 3)
 	deadline := e.deadline(t, w)
 	countdown(t, in, deadline, 3, 3, w.dev)
 	in.none(t, 1200*time.Millisecond)
+	// Operators see the ticks sent (3, 2, 1: the 0 goes through the
+	// stream) and how late they left, all within the tick batch here.
+	status := svc.Status()
+	var sum uint64
+	for _, n := range status.TickLateness {
+		sum += n
+	}
+	if status.Ticks != 3 || sum != 3 || len(status.TickLateness) != len(api.TickLatenessBounds)+1 || status.TickLateness[len(status.TickLateness)-1] != 0 {
+		t.Fatalf("tick stats %d %v", status.Ticks, status.TickLateness)
+	}
 	if got := e.timers(t, w); len(got) != 0 {
 		t.Fatalf("timers after done: %+v", got)
 	}
