@@ -2,6 +2,10 @@ package natstest
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,5 +104,67 @@ func TestProxyCutAndRestore(t *testing.T) {
 			t.Fatal("no reconnect after restore")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestMain(m *testing.M) {
+	ServeIfChild()
+	os.Exit(m.Run())
+}
+
+// An R3 bucket on a 3-node cluster keeps serving reads and compare-and-set
+// writes when the node leading its stream is killed, and after it comes
+// back.
+func TestClusterSurvivesLeaderKill(t *testing.T) {
+	c := RunCluster(t, 3)
+	nc := c.Conn(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "r3", Replicas: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := kv.Put(ctx, "k", []byte("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, "KV_r3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader := c.Index(st.CachedInfo().Cluster.Leader)
+	if leader < 0 {
+		t.Fatalf("leader %q unknown", st.CachedInfo().Cluster.Leader)
+	}
+	c.Kill(leader)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		wctx, wcancel := context.WithTimeout(ctx, time.Second)
+		var r uint64
+		r, err = kv.Update(wctx, "k", []byte("2"), rev)
+		if errors.Is(err, jetstream.ErrKeyExists) || strings.Contains(fmt.Sprint(err), "wrong last sequence") {
+			// An earlier attempt was stored, its reply lost.
+			if e, gerr := kv.Get(wctx, "k"); gerr == nil && string(e.Value()) == "2" {
+				r, err = e.Revision(), nil
+			}
+		}
+		wcancel()
+		if err == nil {
+			rev = r
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no write after the leader's kill: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.Restart(leader)
+	c.WaitJetStream(20 * time.Second)
+	if e, err := kv.Get(ctx, "k"); err != nil || string(e.Value()) != "2" || e.Revision() != rev {
+		t.Fatalf("after the restart: %v %v", e, err)
 	}
 }

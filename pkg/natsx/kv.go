@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -20,7 +21,54 @@ const MarkerTTL = time.Minute
 // is bound as it is: that needs only the right to read its stream's info,
 // so a service whose NATS user may not create or change streams works on a
 // bucket provisioned for it. Otherwise the bucket is created or updated.
-func OpenKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, time.Duration, error) {
+func OpenKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (kv jetstream.KeyValue, ttl time.Duration, err error) {
+	err = Retry(ctx, openPatience, func(ctx context.Context) error {
+		kv, ttl, err = openKV(ctx, js, cfg)
+		return err
+	})
+	return kv, ttl, err
+}
+
+// openPatience is how long opening a bucket or stream keeps trying while
+// JetStream does not answer (a cluster electing its leaders, a server
+// coming up).
+const openPatience = 30 * time.Second
+
+// Retry calls fn until it succeeds, fails for good, ctx ends or patience
+// runs out, waiting longer between attempts (100 ms doubling to 2 s). An
+// error is worth retrying when JetStream or a responder did not answer in
+// time; each attempt gets at most 5 s.
+func Retry(ctx context.Context, patience time.Duration, fn func(context.Context) error) error {
+	deadline := time.Now().Add(patience)
+	wait := 100 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := fn(actx)
+		cancel()
+		if err == nil || !transient(err) || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+// transient reports errors that a later attempt may not see: timeouts, no
+// responders, JetStream briefly without a leader or quorum.
+func transient(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, jetstream.ErrNoStreamResponse) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.Code == 503
+}
+
+func openKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, time.Duration, error) {
 	kv, err := js.KeyValue(ctx, cfg.Bucket)
 	switch {
 	case err == nil:

@@ -76,7 +76,7 @@ func (c *cluster) sink(devs []*device) *sink {
 	}
 	s.parts = make([][]arrival, 2)
 	for slot := range s.parts {
-		nc := c.srv.Conn(c.t)
+		nc := c.conn(c.t)
 		s.parts[slot] = make([]arrival, 0, 1<<20)
 		sub, err := nc.QueueSubscribe("sb.out.device.>", "measure", func(m *nats.Msg) {
 			now := time.Now().UnixNano()
@@ -141,7 +141,7 @@ func tickValue(b []byte) int {
 // each request was sent and when its ack came (Unix ns).
 func (c *cluster) startPaced(devs []*device) (sent, acked []int64) {
 	c.t.Helper()
-	nc := c.srv.Conn(c.t)
+	nc := c.conn(c.t)
 	subj, _ := subject.In(api.EventTimerStart)
 	sent, acked = make([]int64, len(devs)), make([]int64, len(devs))
 	work := make(chan int, 1024)

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
 
@@ -33,7 +34,15 @@ const edgeTimeout = 5 * time.Second
 // A stream that exists with these settings is bound as it is (that needs
 // only the right to read its info: it may have been provisioned by an
 // administrator); otherwise it is created or updated.
-func openStream(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.Stream, error) {
+func openStream(ctx context.Context, js jetstream.JetStream, cfg Config) (st jetstream.Stream, err error) {
+	err = natsx.Retry(ctx, 30*time.Second, func(ctx context.Context) error {
+		st, err = openStreamOnce(ctx, js, cfg)
+		return err
+	})
+	return st, err
+}
+
+func openStreamOnce(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.Stream, error) {
 	want := streamConfig(cfg)
 	st, err := js.Stream(ctx, cfg.EventsStream)
 	switch {
