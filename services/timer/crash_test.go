@@ -488,7 +488,7 @@ func nextDeadline(devs []*device, from time.Time) *device {
 	return nil
 }
 
-// Three instances, 300 timers of 4 to 15 s (100 users × 3 devices), and
+// Three instances, 300 timers of 6 to 15 s (100 users × 3 devices), and
 // SIGKILL of an instance that drives partitions mid-countdown, right at a
 // timer's 0 and just after one (between its 0 and its removal), plus an
 // instance paused with SIGSTOP for 3 s; after each failure a new instance
@@ -502,7 +502,7 @@ func TestKill9(t *testing.T) {
 	}
 	c.waitCovered(15 * time.Second)
 	rec := c.record()
-	devs := makeDevices(100, 3, 4, 12)
+	devs := makeDevices(100, 3, 6, 10) // 6–15 s: all still run when their deadlines are read back
 	c.startTimers(devs, 2*time.Second)
 	var windows []window
 	fail := func(what string, k *child, sig syscall.Signal) {

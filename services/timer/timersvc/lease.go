@@ -81,8 +81,21 @@ type coordinator struct {
 	members  map[string]seen
 	wake     chan struct{}
 	ended    chan partGen // partition watches that ended on their own
+	// rewatched brings partition watches made anew (restartWatches).
+	rewatched chan rewatch
 
 	held map[int]*holding
+	// The watch of leases and members: its context, and (guarded by mu)
+	// when it last showed this instance's own member key and when that key
+	// was last written. A watch that stops showing our own writes runs on
+	// a consumer that is gone (its NATS node died): it is made anew, with
+	// the partition watches.
+	watchCtx  context.Context
+	stopWatch func()
+	// unseenSince is when the first membership write the watch has not
+	// shown yet succeeded (zero: every write was shown).
+	unseenSince   time.Time
+	watchRestarts int
 	// wakeAt is the earliest moment, seen by the last step, at which a
 	// partition may become takeable or a member's key expire (zero: none).
 	wakeAt time.Time
@@ -96,11 +109,12 @@ type partGen struct {
 func newCoordinator(log *slog.Logger, cfg Config, kv jetstream.KeyValue, markerTTL time.Duration, holder, instance string, tk *ticker, d partitionDriver) *coordinator {
 	return &coordinator{
 		log: log, cfg: cfg, kv: kv, markerTTL: markerTTL, holder: holder, instance: instance, ticker: tk, driver: d,
-		leases:  map[int]seen{},
-		members: map[string]seen{},
-		wake:    make(chan struct{}, 1),
-		ended:   make(chan partGen, 16),
-		held:    map[int]*holding{},
+		leases:    map[int]seen{},
+		members:   map[string]seen{},
+		wake:      make(chan struct{}, 1),
+		ended:     make(chan partGen, 16),
+		rewatched: make(chan rewatch, 64),
+		held:      map[int]*holding{},
 	}
 }
 
@@ -113,10 +127,18 @@ func (c *coordinator) poke() {
 
 // watch follows every lease and member key until ctx ends.
 func (c *coordinator) watch(ctx context.Context) error {
+	c.watchCtx = ctx
+	return c.startWatch()
+}
+
+func (c *coordinator) startWatch() error {
+	ctx, cancel := context.WithCancel(c.watchCtx)
 	w, err := c.kv.WatchFiltered(ctx, []string{leaseKeyPrefix + "*", memberKeyPrefix + "*"})
 	if err != nil {
+		cancel()
 		return err
 	}
+	c.stopWatch = func() { cancel(); _ = w.Stop() }
 	go func() {
 		defer func() { _ = w.Stop() }()
 		for e := range w.Updates() {
@@ -124,6 +146,59 @@ func (c *coordinator) watch(ctx context.Context) error {
 		}
 	}()
 	return nil
+}
+
+// watchStalled reports whether a membership write that succeeded more than
+// stallAfter ago has still not shown in the watch.
+func (c *coordinator) watchStalled(now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	stallAfter := max(5*c.cfg.LeaseRenew, 2*time.Second)
+	return c.loaded && !c.unseenSince.IsZero() && now.Sub(c.unseenSince) > stallAfter
+}
+
+// rewatch is a partition watch made anew for term gen.
+type rewatch struct {
+	p    int
+	gen  uint64
+	stop func()
+}
+
+// restartWatches makes the lease watch anew at once and the watches of
+// the held partitions in the background (the lease loop must not wait for
+// them: renewals go on); each replaces the old one when it is in place.
+// Timers already known go on meanwhile.
+func (c *coordinator) restartWatches() {
+	c.watchRestarts++
+	c.log.Warn("KV watch stalled (its NATS node is gone?), starting the watches anew")
+	if c.stopWatch != nil {
+		c.stopWatch()
+	}
+	c.mu.Lock()
+	c.unseenSince = time.Time{}
+	c.mu.Unlock()
+	if err := c.startWatch(); err != nil {
+		c.log.Warn("restart lease watch", "err", err)
+	}
+	held := make([]partGen, 0, len(c.held))
+	for p, h := range c.held {
+		held = append(held, partGen{p, h.gen})
+	}
+	go func() {
+		for _, pg := range held {
+			stop, err := c.driver.startPartition(pg.p, pg.gen)
+			if err != nil {
+				c.log.Warn("restart partition watch", "partition", pg.p, "err", err)
+				continue
+			}
+			select {
+			case c.rewatched <- rewatch{pg.p, pg.gen, stop}:
+			case <-c.watchCtx.Done():
+				stop()
+				return
+			}
+		}
+	}()
 }
 
 // observe records one watch update; a change that may let this instance
@@ -167,6 +242,9 @@ func (c *coordinator) observe(e jetstream.KeyValueEntry) {
 	}
 	var m memberDoc
 	_ = json.Unmarshal(e.Value(), &m)
+	if id == c.holder {
+		c.unseenSince = time.Time{}
+	}
 	_, known := c.members[id]
 	c.members[id] = seen{rev: e.Revision(), at: now, member: m}
 	if !known {
@@ -193,6 +271,14 @@ func (c *coordinator) run(stop <-chan struct{}) {
 			renew = true
 		case <-expiry.C:
 		case <-c.wake:
+		case rw := <-c.rewatched:
+			if h := c.held[rw.p]; h != nil && h.gen == rw.gen {
+				h.stop() // the new watch is in place
+				h.stop = rw.stop
+			} else {
+				rw.stop()
+			}
+			continue
 		case pg := <-c.ended:
 			if h := c.held[pg.p]; h != nil && h.gen == pg.gen {
 				c.handoff(pg.p, "timer watch ended")
@@ -311,6 +397,10 @@ func (c *coordinator) step(renew bool) {
 		} else {
 			c.renewed(op)
 		}
+	}
+	// After the renewals, which must not wait for it.
+	if renew && c.watchStalled(time.Now()) {
+		c.restartWatches()
 	}
 }
 
@@ -466,7 +556,13 @@ func (c *coordinator) renewMember() {
 	b, _ := json.Marshal(memberDoc{Instance: c.instance, TTL: c.cfg.LeaseTTL.Milliseconds()})
 	if _, err := c.kv.Put(ctx, memberKeyPrefix+c.holder, b); err != nil {
 		c.log.Debug("renew membership", "err", err)
+		return
 	}
+	c.mu.Lock()
+	if c.unseenSince.IsZero() {
+		c.unseenSince = time.Now()
+	}
+	c.mu.Unlock()
 }
 
 // purgeStaleMembers removes the keys of instances gone for long (any

@@ -365,3 +365,41 @@ func TestServerRestart(t *testing.T) {
 	onGrid(t, zero, deadline, 0)
 	in.none(t, time.Second)
 }
+
+// A KV watch whose consumer is gone (its NATS node died; here the
+// consumers are deleted) stops showing updates without an error. The
+// instance notices that its own membership writes no longer show and makes
+// its watches anew, so a timer started afterwards ticks at once.
+func TestStalledWatchesRestart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	cfg := testConfig()
+	e.startLeader(t, cfg)
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, "KV_"+cfg.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := st.ConsumerNames(ctx)
+	deleted := 0
+	for name := range names.Name() {
+		if err := st.DeleteConsumer(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		deleted++
+	}
+	if deleted == 0 {
+		t.Fatal("no watch consumer to delete")
+	}
+	time.Sleep(3 * time.Second) // the instance notices within stallAfter (2 s)
+	w := who{"bob", "phone", "s2"}
+	in := e.listenDevice(t, w.uid, w.dev)
+	e.startTimer(t, w, 5)
+	d := in.next(t, 2*time.Second)
+	onGrid(t, d, e.deadline(t, w), 5)
+}
