@@ -94,7 +94,8 @@ type Cluster struct {
 	nodes []*node
 }
 
-func freePort(t testing.TB) int {
+// FreePort returns a TCP port on loopback that was free a moment ago.
+func FreePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -112,7 +113,7 @@ func RunCluster(t testing.TB, n int) *Cluster {
 	routes := make([]string, n)
 	for i := range n {
 		c.nodes = append(c.nodes, &node{opts: childOpts{
-			Name: fmt.Sprintf("n%d", i+1), Port: freePort(t), StoreDir: t.TempDir(), ClusterPort: freePort(t),
+			Name: fmt.Sprintf("n%d", i+1), Port: FreePort(t), StoreDir: t.TempDir(), ClusterPort: FreePort(t),
 		}})
 		routes[i] = fmt.Sprintf("nats-route://127.0.0.1:%d", c.nodes[i].opts.ClusterPort)
 	}

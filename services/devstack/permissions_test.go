@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-rt/switchboard/pkg/natstest"
 )
 
 // natsServer builds nats-server (the version this module requires), runs
@@ -41,14 +43,14 @@ func natsServer(t *testing.T) (string, map[string]string) {
 	if err := os.WriteFile(confPath, conf, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
+	port := natstest.FreePort(t)
 	passwords := map[string]string{}
 	env := os.Environ()
 	for _, u := range []string{"admin", "gateway", "auth", "presence", "timer", "app"} {
 		passwords[u] = u + "-pw-" + fmt.Sprint(time.Now().UnixNano())
 		env = append(env, strings.ToUpper(u)+"_PASSWORD="+passwords[u])
 	}
-	cmd := exec.Command(bin, "-c", confPath, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-m", fmt.Sprint(freePort(t)))
+	cmd := exec.Command(bin, "-c", confPath, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-m", fmt.Sprint(natstest.FreePort(t)))
 	cmd.Env = env
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -69,16 +71,6 @@ func natsServer(t *testing.T) (string, map[string]string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // op is one operation a user tries.
