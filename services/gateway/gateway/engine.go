@@ -47,8 +47,7 @@ func (t *wsTransport) send(ps ...engineio.Packet) {
 			data = p.Text()
 		}
 		if !t.queued.add(len(data)) {
-			t.broken.Store(true)
-			t.onSlow()
+			t.onSlow() // sets broken
 			return
 		}
 		if p.Binary {
@@ -157,8 +156,7 @@ type engine struct {
 	// (guarded by inMu; see verified.go).
 	verdicts []verdict
 	// broken is set when a send queue overflowed.
-	broken   atomic.Bool
-	slowOnce atomic.Bool
+	broken atomic.Bool
 
 	mu             sync.Mutex
 	tr             transport
@@ -312,10 +310,9 @@ func (e *engine) onPacket(p engineio.Packet) {
 // slow ends an engine whose send queue is full (messages or bytes). It is
 // called from inside a write, under the engine's lock: the close runs apart.
 func (e *engine) slow() {
-	if e.slowOnce.Swap(true) {
+	if e.broken.Swap(true) {
 		return
 	}
-	e.broken.Store(true)
 	e.log().Warn("send queue full, closing slow client")
 	go e.close(closeSlow)
 }

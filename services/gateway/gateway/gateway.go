@@ -225,10 +225,10 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 // (subject and headers) on NATS.
 const natsHeadroom = 4096
 
-// tooLargeForNATS reports whether m exceeds the server's max_payload (a
-// binary event's attachments grow by a third in base64).
-func (g *Gateway) tooLargeForNATS(m *nats.Msg) bool {
-	return int64(len(m.Data)+natsHeadroom) > g.nc.MaxPayload()
+// fitsNATS reports whether a message body of n bytes fits the server's
+// max_payload (a binary event's attachments grow by a third in base64).
+func (g *Gateway) fitsNATS(n int) bool {
+	return int64(n+natsHeadroom) <= g.nc.MaxPayload()
 }
 
 // sweepLoop forgets, every minute, client addresses without engines.
@@ -527,7 +527,7 @@ func (g *Gateway) onWSConnect(s *melody.Session) {
 		return
 	}
 	e := engineOf(s)
-	tr := &wsTransport{s: s, broken: &e.broken, queued: s.Keys[queuedKey].(*queuedBytes), onSlow: func() { e.slow() }}
+	tr := &wsTransport{s: s, broken: &e.broken, queued: s.Keys[queuedKey].(*queuedBytes), onSlow: e.slow}
 	if _, probe := s.Keys[probeKey]; probe {
 		e.probeConnected(tr)
 		return

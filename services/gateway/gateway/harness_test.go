@@ -303,3 +303,17 @@ func probeWS(t testing.TB, addr, sid string) *websocket.Conn {
 	_ = c.SetReadDeadline(time.Time{})
 	return c
 }
+
+// count is the number of sockets the hub holds.
+func (h *hub) count() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.sockets)
+}
+
+// engines is the number of admitted engines.
+func (a *admission) engines() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.total
+}

@@ -79,12 +79,6 @@ func (h *hub) engine(id string) *engine {
 	return h.engs[id]
 }
 
-func (h *hub) count() int {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	return len(h.sockets)
-}
-
 // summary is the number of sockets and the digest of their ids.
 func (h *hub) summary() (int, uint64) {
 	h.mu.RLock()

@@ -102,13 +102,6 @@ func (a *admission) sweep(before time.Time) {
 	}
 }
 
-// engines is the number of admitted engines.
-func (a *admission) engines() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.total
-}
-
 // proxies are the addresses whose X-Forwarded-For is believed.
 type proxies []netip.Prefix
 

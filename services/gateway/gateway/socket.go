@@ -152,32 +152,20 @@ func (e *engine) identify(s *socket, auth map[string]json.RawMessage) (api.Verif
 		return api.VerifyReply{}, msgInvalidDevice
 	}
 	id := api.VerifyReply{UserID: s.id}
-	if v, ok := e.verdictFor(auth["token"]); ok && !g.opts.noAuth {
+	if !g.opts.noAuth {
+		v, ok := e.verdictFor(auth["token"]) // checked by the gateway that forwarded it
+		if !ok {
+			v = g.verify(g.ctx, credentials{
+				authToken:  auth["token"],
+				header:     e.header.Get("Authorization"),
+				query:      first(e.query["token"]),
+				allowQuery: g.cfg.AllowQueryToken,
+			})
+		}
 		if v.Msg != "" {
 			return id, v.Msg
 		}
 		id = *v.ID
-	} else if !g.opts.noAuth {
-		token, msg := credentials{
-			authToken:  auth["token"],
-			header:     e.header.Get("Authorization"),
-			query:      first(e.query["token"]),
-			allowQuery: g.cfg.AllowQueryToken,
-		}.token()
-		if msg != "" {
-			return id, msg
-		}
-		ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RequestTimeout)
-		var err error
-		id, err = natsx.Request[api.VerifyReply](ctx, g.nc, subject.AuthVerify, api.VerifyRequest{Token: token})
-		cancel()
-		if err != nil {
-			if code := natsx.CodeOf(err); code == api.CodeUnauthorized || code == api.CodeBadRequest {
-				return id, msgUnauthorized
-			}
-			e.log().Warn("verify token", "err", err)
-			return id, msgUnavailable
-		}
 	}
 	s.conn = api.Conn{
 		SocketID:  s.id,
@@ -302,7 +290,7 @@ func (s *socket) onEvent(p socketio.Packet, parts [][]byte) {
 		return
 	}
 	m := s.inMsg(subj, name, socketio.ArrayPayload(args...))
-	if s.e.g.tooLargeForNATS(m) {
+	if !s.e.g.fitsNATS(len(m.Data)) {
 		s.e.log().Warn("client event larger than NATS carries refused", "event", name, "bytes", len(m.Data))
 		fail(msgPayloadTooLarge)
 		return
@@ -451,7 +439,7 @@ func (s *socket) onAck(p socketio.Packet, parts [][]byte) {
 		s.e.malformed(err)
 		return
 	}
-	if int64(len(data)+natsHeadroom) > s.e.g.nc.MaxPayload() {
+	if !s.e.g.fitsNATS(len(data)) {
 		s.e.log().Warn("client ack larger than NATS carries refused", "bytes", len(data))
 		s.e.g.respondError(reply, api.CodeTooLarge, "ack payload too large")
 		return

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"strconv"
@@ -30,6 +31,9 @@ const (
 	headerVerified = "Sb-Verified"
 )
 
+// tokenKey is what a CONNECT carrying a token has in its body.
+var tokenKey = []byte(`"token"`)
+
 // verdict is the outcome of one verification: the identity, or the
 // CONNECT_ERROR message.
 type verdict struct {
@@ -37,9 +41,9 @@ type verdict struct {
 	Msg string           `json:"msg,omitempty"`
 }
 
-// verifyToken asks auth about the token of a CONNECT's auth payload field.
-func (g *Gateway) verifyToken(ctx context.Context, authToken json.RawMessage) verdict {
-	token, msg := credentials{authToken: authToken}.token()
+// verify finds the token among c and asks auth about it.
+func (g *Gateway) verify(ctx context.Context, c credentials) verdict {
+	token, msg := c.token()
 	if msg != "" {
 		return verdict{Msg: msg}
 	}
@@ -75,7 +79,7 @@ func (g *Gateway) stripPacket(ctx context.Context, p engineio.Packet, vs *[]verd
 	if !ok || string(tok) == "null" {
 		return p
 	}
-	*vs = append(*vs, g.verifyToken(ctx, tok))
+	*vs = append(*vs, g.verify(ctx, credentials{authToken: tok}))
 	auth["token"], _ = json.Marshal(verifiedPrefix + strconv.Itoa(len(*vs)-1))
 	sp.Data, _ = json.Marshal(auth)
 	return engineio.Packet{Type: engineio.Message, Data: sp.Encode()}
@@ -84,7 +88,7 @@ func (g *Gateway) stripPacket(ctx context.Context, p engineio.Packet, vs *[]verd
 // stripPayload is stripPacket for every packet of a polling payload; it
 // returns the payload unchanged when there was no token.
 func (g *Gateway) stripPayload(ctx context.Context, body []byte) ([]byte, []verdict) {
-	if !strings.Contains(string(body), "token") {
+	if !bytes.Contains(body, tokenKey) {
 		return body, nil
 	}
 	ps, err := engineio.DecodePayload(body)
@@ -103,7 +107,7 @@ func (g *Gateway) stripPayload(ctx context.Context, body []byte) ([]byte, []verd
 
 // stripFrame is stripPacket for a relayed text frame.
 func (g *Gateway) stripFrame(ctx context.Context, frame []byte) ([]byte, []verdict) {
-	if !strings.Contains(string(frame), "token") {
+	if !bytes.Contains(frame, tokenKey) {
 		return frame, nil
 	}
 	p, err := engineio.DecodeFrame(frame, false)

@@ -94,8 +94,7 @@ type coordinator struct {
 	stopWatch func()
 	// unseenSince is when the first membership write the watch has not
 	// shown yet succeeded (zero: every write was shown).
-	unseenSince   time.Time
-	watchRestarts int
+	unseenSince time.Time
 	// wakeAt is the earliest moment, seen by the last step, at which a
 	// partition may become takeable or a member's key expire (zero: none).
 	wakeAt time.Time
@@ -169,7 +168,6 @@ type rewatch struct {
 // them: renewals go on); each replaces the old one when it is in place.
 // Timers already known go on meanwhile.
 func (c *coordinator) restartWatches() {
-	c.watchRestarts++
 	c.log.Warn("KV watch stalled (its NATS node is gone?), starting the watches anew")
 	if c.stopWatch != nil {
 		c.stopWatch()

@@ -280,7 +280,7 @@ func (t *ticker) fire(st *tstate, due time.Time) {
 	r := min(st.next, st.rec.remaining(now.UnixMilli()))
 	if r > 0 {
 		t.publish(&nats.Msg{Subject: st.subj, Header: tickHeader, Data: tickPayload(r)})
-		t.countTick(time.Since(due))
+		t.countTick(now.Sub(due))
 		st.next = r - 1
 		t.sched.Set(st, time.UnixMilli(st.rec.Deadline-int64(st.next)*1000))
 		return
