@@ -3,15 +3,28 @@ package boot
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
 
 	"github.com/switchboard-rt/switchboard/pkg/config"
 	"github.com/switchboard-rt/switchboard/pkg/natstest"
@@ -175,4 +188,66 @@ func TestNATSCredentials(t *testing.T) {
 	if _, err := (NATSConfig{URL: srv.URL(), TLSCertFile: "c.pem"}).Connect(log, "x"); err == nil {
 		t.Fatal("a certificate without its key accepted")
 	}
+}
+
+// An nkey seed file authenticates; a server with TLS is reached with the
+// CA file and verified against it.
+func TestNATSNKeyAndTLS(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	seed, _ := kp.Seed()
+	seedFile := filepath.Join(t.TempDir(), "user.nk")
+	if err := os.WriteFile(seedFile, seed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := natstest.RunWith(t, func(o *server.Options) { o.Nkeys = []*server.NkeyUser{{Nkey: pub}} })
+	nc, err := NATSConfig{URL: srv.URL(), NKeySeedFile: seedFile}.Connect(log, "x")
+	if err != nil {
+		t.Fatalf("nkey: %v", err)
+	}
+	nc.Close()
+	if _, err := (NATSConfig{URL: srv.URL()}).Connect(log, "x"); err == nil {
+		t.Fatal("connected without the nkey")
+	}
+
+	caFile, tlsCfg := testTLS(t)
+	tsrv := natstest.RunWith(t, func(o *server.Options) { o.TLSConfig = tlsCfg; o.TLS = true })
+	nc, err = NATSConfig{URL: strings.Replace(tsrv.URL(), "nats://", "tls://", 1), TLSCAFile: caFile}.Connect(log, "x")
+	if err != nil {
+		t.Fatalf("tls: %v", err)
+	}
+	nc.Close()
+	if _, err := (NATSConfig{URL: strings.Replace(tsrv.URL(), "nats://", "tls://", 1)}).Connect(log, "x"); err == nil {
+		t.Fatal("a server certificate of an unknown CA was accepted")
+	}
+}
+
+// testTLS makes a CA (written to a file) and a server certificate for
+// 127.0.0.1 signed by it.
+func testTLS(t *testing.T) (string, *tls.Config) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	caCert, _ := x509.ParseCertificate(caDER)
+	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, caCert, &srvKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return caFile, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leafDER}, PrivateKey: srvKey}}, MinVersion: tls.VersionTLS12}
 }
