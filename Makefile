@@ -5,6 +5,8 @@
 #   make run          build and run bin/devstack (embedded NATS + all services;
 #                     PROFILE=echo: the Socket.IO protocol test profile)
 #   make token        print a development token (USER=alice by default)
+#   make tools        build the nats CLI into bin/ (the e2e tests run the
+#                     README's nats lines with it)
 #   make test         Go tests (race detector) of every module, then the e2e suite
 #   make lint         gofmt, go vet, staticcheck, and a build of each module without go.work
 #   make bench        benchmarks of every module
@@ -23,6 +25,8 @@ BIN := bin
 FUZZTIME ?= 20s
 # Static analysis, fetched from the Go module proxy by `go run`.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# The nats CLI, pinned (the module proxy's newest release may be refused).
+NATSCLI := github.com/nats-io/natscli/nats@v0.5.0
 # Devstack profile for `make run`: empty (the authenticated stack) or echo
 # (auth disabled, the echo service; the Socket.IO protocol test target).
 PROFILE ?=
@@ -34,7 +38,7 @@ TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),alice)
 # Builds use the workspace (go.work) even when GOWORK is set outside.
 GOWS := env -u GOWORK $(GO)
 
-.PHONY: all build run token test test-go test-e2e e2e-deps lint bench fuzz clean
+.PHONY: all build run token tools test test-go test-e2e e2e-deps lint bench fuzz clean
 
 all: build
 
@@ -49,6 +53,13 @@ build:
 
 run: build
 	$(BIN)/devstack $(if $(PROFILE),-profile=$(PROFILE)) $(ARGS)
+
+tools: $(BIN)/nats
+
+$(BIN)/nats:
+	@mkdir -p $(BIN)
+	@echo "go install $(NATSCLI) -> $(BIN)/nats" >&2
+	@GOBIN=$(abspath $(BIN)) GOFLAGS=-mod=mod $(GOWS) install $(NATSCLI)
 
 token: build
 	@$(BIN)/devstack token $(TOKEN_USER)
@@ -74,7 +85,7 @@ e2e-deps:
 		npm ci --no-audit --no-fund && cp package-lock.json node_modules/.installed-lock.json; \
 	fi
 
-test-e2e: build e2e-deps
+test-e2e: build tools e2e-deps
 	cd e2e && node --test --test-reporter=tap test/*.test.js
 
 lint:

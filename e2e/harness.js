@@ -271,6 +271,9 @@ class Stack {
     this.gatewayPorts = {};
     for (const s of this.services.filter(isGateway)) this.gatewayPorts[s] = await freePort();
     this.gatewayPort = this.gatewayPorts.gateway;
+    // Each service process serves /metrics, /healthz and /readyz here.
+    this.opsPorts = {};
+    for (const s of this.services) this.opsPorts[s] = await freePort();
     this.url = `http://127.0.0.1:${this.gatewayPort}`;
 
     await this.startNATS();
@@ -370,8 +373,24 @@ class Stack {
     return this.natsConfig ? this.natsUrl.replace('nats://', `nats://app:${this.passwords.app}@`) : this.natsUrl;
   }
 
+  // health runs `<binary> health` for a service process, as a container
+  // healthcheck does, and resolves with its exit code.
+  health(name) {
+    const bin = isGateway(name) ? 'gateway' : name;
+    return new Promise((resolve) => {
+      execFile(binary(bin), ['health'], { env: childEnv({ SB_OPS_LISTEN: `127.0.0.1:${this.opsPorts[name]}` }), timeout: 10000 }, (err) => {
+        resolve(err ? (typeof err.code === 'number' ? err.code : -1) : 0);
+      });
+    });
+  }
+
+  // opsURL is the base URL of a service process's operations listener.
+  opsURL(name) {
+    return `http://127.0.0.1:${this.opsPorts[name]}`;
+  }
+
   serviceEnv(name) {
-    const env = { SB_NATS_URL: this.natsUrl };
+    const env = { SB_NATS_URL: this.natsUrl, SB_OPS_LISTEN: this.opsPorts && this.opsPorts[name] ? `127.0.0.1:${this.opsPorts[name]}` : '' };
     if (this.natsConfig) {
       const user = this.natsUser(name);
       env.SB_NATS_USER = user;
@@ -622,6 +641,7 @@ class Devstack {
         SB_NATS_SERVER_LISTEN: '127.0.0.1:0',
         SB_NATS_SERVER_STORE_DIR: this.storeDir,
         SB_GATEWAY_LISTEN: '127.0.0.1:0',
+        SB_OPS_LISTEN: '',
         ...env,
       }),
       stdio: ['ignore', 'pipe', fd],

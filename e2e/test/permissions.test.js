@@ -85,6 +85,44 @@ describe('least-privilege NATS', { timeout: 120000 }, () => {
     ws.close();
   });
 
+  test('every process reports the flows in its metrics and is ready', async () => {
+    const scrape = async (name) => {
+      const res = await fetch(`${st.opsURL(name)}/metrics`);
+      assert.equal(res.status, 200, `${name} /metrics`);
+      return res.text();
+    };
+    // value sums the series of a scrape that start with prefix (a name and
+    // its labels), -1 when there is none.
+    const value = (text, series) => {
+      let sum = -1;
+      for (const line of text.split('\n')) {
+        if (line.startsWith(`${series} `)) sum = Math.max(sum, 0) + Number(line.slice(series.length + 1));
+      }
+      return sum;
+    };
+    const gw = [await scrape('gateway'), await scrape('gateway2')];
+    const both = (series) => gw.reduce((a, t) => a + Math.max(0, value(t, series)), 0);
+    assert.ok(both('switchboard_gateway_handshakes_total{result="ok"}') >= 3, 'handshakes ok on the gateways');
+    assert.ok(both('switchboard_gateway_messages_in_total') >= 3, 'client events in');
+    assert.ok(both('switchboard_gateway_messages_out_total') >= 3, 'events out');
+    assert.ok(both('switchboard_gateway_nats_request_seconds_count{kind="admit"}') >= 3, 'admit latency observed');
+    const auth = await scrape('auth');
+    assert.ok(value(auth, 'switchboard_auth_verifications_total{result="ok"}') >= 3, 'verifications');
+    const presence = await scrape('presence');
+    assert.ok(value(presence, 'switchboard_presence_admissions_total{result="admitted"}') >= 3, 'admissions');
+    assert.ok(value(presence, 'switchboard_presence_releases_total') >= 1, 'releases');
+    const timer = await scrape('timer');
+    assert.ok(value(timer, 'switchboard_timer_ticks_total') >= 1, 'ticks');
+    assert.equal(value(timer, 'switchboard_timer_tick_lateness_seconds_count'), value(timer, 'switchboard_timer_ticks_total'), 'tick lateness histogram');
+    assert.ok(value(timer, 'switchboard_timer_partitions_owned') >= 1, 'partitions owned');
+    for (const name of ['gateway', 'gateway2', 'auth', 'presence', 'timer']) {
+      assert.equal((await fetch(`${st.opsURL(name)}/readyz`)).status, 200, `${name} ready`);
+      // The health subcommand, as a container healthcheck runs it.
+      const code = await st.health(name);
+      assert.equal(code, 0, `${name} health`);
+    }
+  });
+
   test('the server logged no permission violation', async () => {
     await sleep(500);
     const log = fs.readFileSync(st.log('nats'), 'utf8');

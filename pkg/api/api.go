@@ -128,6 +128,14 @@ type ListReply struct {
 	Connections []Conn `json:"connections"`
 }
 
+// GatewayStatus is a gateway's answer on its status endpoint and its micro
+// stats (nats micro stats switchboard-gateway).
+type GatewayStatus struct {
+	ID          string `json:"id"`
+	Engines     int    `json:"engines"`     // open Engine.IO connections
+	Connections int    `json:"connections"` // admitted sockets
+}
+
 // Heartbeat is published by every gateway on subject.GatewayHeartbeat.
 type Heartbeat struct {
 	Gateway string `json:"gateway"`

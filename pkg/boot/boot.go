@@ -19,6 +19,7 @@ import (
 
 	"github.com/switchboard-rt/switchboard/pkg/config"
 	"github.com/switchboard-rt/switchboard/pkg/natsx"
+	"github.com/switchboard-rt/switchboard/pkg/ops"
 )
 
 // LogConfig selects the logger.
@@ -132,12 +133,13 @@ func Init(name string, cfg any, logc *LogConfig, args, environ []string, out io.
 
 // Connect dials NATS as configured (credentials, TLS, the service's inbox
 // prefix), logging connection changes. Close it with Drain.
-func (c NATSConfig) Connect(log *slog.Logger, name string) (*nats.Conn, error) {
+// While no server answers it waits (with backoff) until ctx ends.
+func (c NATSConfig) Connect(ctx context.Context, log *slog.Logger, name string) (*nats.Conn, error) {
 	opts, err := c.options(name)
 	if err != nil {
 		return nil, fmt.Errorf("nats: %w", err)
 	}
-	return natsx.Connect(log, c.URL, name, opts...)
+	return natsx.Connect(ctx, log, c.URL, name, opts...)
 }
 
 // Drain drains nc, waiting at most the request timeout (5 s when unset).
@@ -181,4 +183,43 @@ func Main(name string, stderr io.Writer, load func() (*slog.Logger, error), run 
 		return 1
 	}
 	return 0
+}
+
+// IsHealth reports whether args ask for the health subcommand.
+func IsHealth(args []string) bool { return len(args) > 0 && args[0] == "health" }
+
+// Health is the `health` subcommand of a service binary (for container
+// healthchecks, where the image has no shell or curl): it loads cfg the way
+// the service does (YAML file, SB_ variables, flags) and asks the service's
+// operations listener whether it is ready. It returns the exit code: 0
+// ready, 1 not ready or not answering, 2 a configuration error.
+func Health(name string, cfg any, opsc *ops.Config, args, environ []string, stderr io.Writer) int {
+	if _, err := config.Load(cfg, name, args, environ, stderr); err != nil {
+		if config.IsHelp(err) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "%s health: %v\n", name, err)
+		return 2
+	}
+	if opsc.Listen == "" {
+		fmt.Fprintf(stderr, "%s health: ops.listen is empty: nothing to ask\n", name)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opsc.CheckTimeout+3*time.Second)
+	defer cancel()
+	if err := ops.Probe(ctx, opsc.Listen, "/readyz"); err != nil {
+		fmt.Fprintf(stderr, "%s health: %v\n", name, err)
+		return 1
+	}
+	return 0
+}
+
+// StopOps stops an operations listener, waiting at most 5 s.
+func StopOps(s *ops.Server) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		return fmt.Errorf("stop ops: %w", err)
+	}
+	return nil
 }

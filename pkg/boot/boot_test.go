@@ -165,7 +165,7 @@ func TestNATSCredentials(t *testing.T) {
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	cfg := NATSConfig{URL: srv.URL(), User: "gw", Password: "s3cret-pw"}
-	nc, err := cfg.Connect(log, "switchboard-gateway")
+	nc, err := cfg.Connect(context.Background(), log, "switchboard-gateway")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestNATSCredentials(t *testing.T) {
 		t.Fatalf("inbox %q", inbox)
 	}
 	bad := NATSConfig{URL: strings.Replace(srv.URL(), "nats://", "nats://gw:wrong-pw@", 1)}
-	if _, err := bad.Connect(log, "x"); err == nil || strings.Contains(err.Error(), "wrong-pw") {
+	if _, err := bad.Connect(context.Background(), log, "x"); err == nil || strings.Contains(err.Error(), "wrong-pw") {
 		t.Fatalf("connect error %v", err)
 	}
 	printed := fmt.Sprint(config.Printable(struct {
@@ -185,7 +185,7 @@ func TestNATSCredentials(t *testing.T) {
 			t.Fatalf("printed settings show %q: %s", secret, printed)
 		}
 	}
-	if _, err := (NATSConfig{URL: srv.URL(), TLSCertFile: "c.pem"}).Connect(log, "x"); err == nil {
+	if _, err := (NATSConfig{URL: srv.URL(), TLSCertFile: "c.pem"}).Connect(context.Background(), log, "x"); err == nil {
 		t.Fatal("a certificate without its key accepted")
 	}
 }
@@ -205,23 +205,23 @@ func TestNATSNKeyAndTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := natstest.RunWith(t, func(o *server.Options) { o.Nkeys = []*server.NkeyUser{{Nkey: pub}} })
-	nc, err := NATSConfig{URL: srv.URL(), NKeySeedFile: seedFile}.Connect(log, "x")
+	nc, err := NATSConfig{URL: srv.URL(), NKeySeedFile: seedFile}.Connect(context.Background(), log, "x")
 	if err != nil {
 		t.Fatalf("nkey: %v", err)
 	}
 	nc.Close()
-	if _, err := (NATSConfig{URL: srv.URL()}).Connect(log, "x"); err == nil {
+	if _, err := (NATSConfig{URL: srv.URL()}).Connect(context.Background(), log, "x"); err == nil {
 		t.Fatal("connected without the nkey")
 	}
 
 	caFile, tlsCfg := testTLS(t)
 	tsrv := natstest.RunWith(t, func(o *server.Options) { o.TLSConfig = tlsCfg; o.TLS = true })
-	nc, err = NATSConfig{URL: strings.Replace(tsrv.URL(), "nats://", "tls://", 1), TLSCAFile: caFile}.Connect(log, "x")
+	nc, err = NATSConfig{URL: strings.Replace(tsrv.URL(), "nats://", "tls://", 1), TLSCAFile: caFile}.Connect(context.Background(), log, "x")
 	if err != nil {
 		t.Fatalf("tls: %v", err)
 	}
 	nc.Close()
-	if _, err := (NATSConfig{URL: strings.Replace(tsrv.URL(), "nats://", "tls://", 1)}).Connect(log, "x"); err == nil {
+	if _, err := (NATSConfig{URL: strings.Replace(tsrv.URL(), "nats://", "tls://", 1)}).Connect(context.Background(), log, "x"); err == nil {
 		t.Fatal("a server certificate of an unknown CA was accepted")
 	}
 }

@@ -71,6 +71,15 @@ func (s *Server) Restart() {
 	s.start()
 }
 
+// Down stops the server (its store stays for Up).
+func (s *Server) Down() { s.stop(); s.Server = nil }
+
+// Up starts a stopped server again, with the same port and store.
+func (s *Server) Up() {
+	s.t.Helper()
+	s.start()
+}
+
 // URL is the client URL of the server.
 func (s *Server) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.opts.Port) }
 

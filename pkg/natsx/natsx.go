@@ -19,7 +19,10 @@ import (
 )
 
 // Connect dials NATS with reconnects forever and logs connection changes.
-func Connect(log *slog.Logger, url, name string, opts ...nats.Option) (*nats.Conn, error) {
+// While no server answers it tries again with backoff (up to 5 s apart)
+// until ctx ends, so that a service started before NATS waits for it; any
+// other failure (credentials, TLS) returns at once.
+func Connect(ctx context.Context, log *slog.Logger, url, name string, opts ...nats.Option) (*nats.Conn, error) {
 	base := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -41,11 +44,26 @@ func Connect(log *slog.Logger, url, name string, opts ...nats.Option) (*nats.Con
 			log.Error("nats async error", "subject", subj, "err", err)
 		}),
 	}
-	nc, err := nats.Connect(url, append(base, opts...)...)
-	if err != nil {
-		return nil, fmt.Errorf("connect nats %s: %w", config.RedactURL(url), err)
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		nc, err := nats.Connect(url, append(base, opts...)...)
+		if err == nil {
+			if attempt > 1 {
+				log.Info("nats connected", "url", nc.ConnectedUrlRedacted(), "attempts", attempt)
+			}
+			return nc, nil
+		}
+		if !errors.Is(err, nats.ErrNoServers) {
+			return nil, fmt.Errorf("connect nats %s: %w", config.RedactURL(url), err)
+		}
+		log.Warn("waiting for nats", "url", config.RedactURL(url), "attempt", attempt, "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect nats %s: %w (gave up: %w)", config.RedactURL(url), err, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
 	}
-	return nc, nil
 }
 
 // Drain drains nc and waits (up to timeout) until it is closed.

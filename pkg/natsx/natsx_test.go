@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
@@ -275,7 +277,7 @@ func TestConnect(t *testing.T) {
 	s := natstest.Run(t)
 	logs := newSyncBuffer()
 	log := slog.New(slog.NewTextHandler(logs, nil))
-	nc, err := natsx.Connect(log, s.URL(), "natsx-test")
+	nc, err := natsx.Connect(context.Background(), log, s.URL(), "natsx-test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,8 +285,42 @@ func TestConnect(t *testing.T) {
 	if !nc.IsConnected() {
 		t.Error("not connected")
 	}
-	if _, err := natsx.Connect(log, "nats://127.0.0.1:1", "natsx-test"); err == nil || !strings.Contains(err.Error(), "connect nats") {
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if _, err := natsx.Connect(ctx, log, "nats://127.0.0.1:1", "natsx-test"); err == nil || !strings.Contains(err.Error(), "connect nats") {
 		t.Errorf("Connect to a closed port: %v", err)
+	}
+}
+
+// A service started before NATS waits for it instead of failing.
+func TestConnectWaitsForServer(t *testing.T) {
+	port := natstest.FreePort(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	type result struct {
+		nc  *nats.Conn
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		nc, err := natsx.Connect(ctx, log, fmt.Sprintf("nats://127.0.0.1:%d", port), "natsx-test")
+		done <- result{nc, err}
+	}()
+	time.Sleep(700 * time.Millisecond)
+	select {
+	case r := <-done:
+		t.Fatalf("Connect returned before the server started: %v", r.err)
+	default:
+	}
+	natstest.RunWith(t, func(o *server.Options) { o.Port = port })
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("Connect after the server started: %v", r.err)
+	}
+	defer r.nc.Close()
+	if !r.nc.IsConnected() {
+		t.Fatal("not connected")
 	}
 }
 

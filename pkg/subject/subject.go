@@ -305,6 +305,9 @@ const (
 	// OpSockets lists the gateway's sockets (for presence's
 	// reconciliation).
 	OpSockets = "sockets"
+	// OpStatus is the endpoint of the gateway's micro service (nats micro
+	// ls, nats micro stats).
+	OpStatus = "status"
 )
 
 // EngineRequest is where the gateway holding a long-polling session answers

@@ -10,6 +10,7 @@ import (
 	"os"
 
 	"github.com/switchboard-rt/switchboard/pkg/boot"
+	"github.com/switchboard-rt/switchboard/pkg/ops"
 	"github.com/switchboard-rt/switchboard/services/auth/authsvc"
 )
 
@@ -18,17 +19,25 @@ type Config struct {
 	NATS boot.NATSConfig `koanf:"nats"`
 	Log  boot.LogConfig  `koanf:"log"`
 	Auth authsvc.Config  `koanf:"auth"`
+	Ops  ops.Config      `koanf:"ops"`
 }
 
 // DefaultConfig returns the binary's defaults.
 func DefaultConfig() Config {
-	return Config{NATS: boot.DefaultNATS(), Log: boot.DefaultLog(), Auth: authsvc.DefaultConfig()}
+	return Config{NATS: boot.DefaultNATS(), Log: boot.DefaultLog(), Auth: authsvc.DefaultConfig(), Ops: ops.DefaultConfig(OpsListen)}
 }
 
 // emulatorHostEnv makes the Firebase Admin SDK trust unsigned ID tokens.
 const emulatorHostEnv = "FIREBASE_AUTH_EMULATOR_HOST"
 
+// OpsListen is the default address of /metrics, /healthz and /readyz.
+const OpsListen = ":9191"
+
 func main() {
+	if boot.IsHealth(os.Args[1:]) {
+		cfg := DefaultConfig()
+		os.Exit(boot.Health("auth", &cfg, &cfg.Ops, os.Args[2:], os.Environ(), os.Stderr))
+	}
 	var cfg Config
 	os.Exit(boot.Main("auth", os.Stderr, func() (*slog.Logger, error) {
 		log, c, err := load(os.Args[1:], os.Environ(), os.Stderr)
@@ -60,7 +69,7 @@ func emulatorGuard(lookup func(string) (string, bool)) error {
 
 // run serves until ctx is done, then stops and drains.
 func run(ctx context.Context, log *slog.Logger, cfg Config) error {
-	nc, err := cfg.NATS.Connect(log, authsvc.ServiceName)
+	nc, err := cfg.NATS.Connect(ctx, log, authsvc.ServiceName)
 	if err != nil {
 		return err
 	}
@@ -69,7 +78,13 @@ func run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	reg := ops.NewRegistry()
+	reg.MustRegister(svc.Collectors()...)
+	osrv, err := ops.Start(log, cfg.Ops, reg, ops.NATSConnected(nc))
+	if err != nil {
+		return errors.Join(err, svc.Stop())
+	}
 	<-ctx.Done()
 	log.Info("stopping")
-	return svc.Stop()
+	return errors.Join(svc.Stop(), boot.StopOps(osrv))
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/config"
 	"github.com/switchboard-rt/switchboard/pkg/natstest"
 	"github.com/switchboard-rt/switchboard/pkg/natsx"
+	"github.com/switchboard-rt/switchboard/pkg/ops/opstest"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 	"github.com/switchboard-rt/switchboard/services/auth/authsvc"
 )
@@ -145,6 +147,7 @@ func testConfig(url string) Config {
 	cfg.NATS.URL = url
 	cfg.Auth.Verifier = authsvc.VerifierJWT
 	cfg.Auth.JWT.Secret = secret
+	cfg.Ops.Listen = ""
 	return cfg
 }
 
@@ -153,7 +156,9 @@ func TestRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, slog.New(slog.DiscardHandler), testConfig(s.URL())) }()
+	cfg := testConfig(s.URL())
+	cfg.Ops.Listen = fmt.Sprintf("127.0.0.1:%d", natstest.FreePort(t))
+	go func() { done <- run(ctx, slog.New(slog.DiscardHandler), cfg) }()
 
 	nc := s.Conn(t)
 	tok, err := authsvc.MintToken(secret, "", "", "heidi", time.Minute)
@@ -175,6 +180,14 @@ func TestRun(t *testing.T) {
 			t.Fatalf("verify: %v", err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// The operations listener: ready, and the verification counted.
+	if code := runHealth(t, cfg.Ops.Listen); code != 0 {
+		t.Fatalf("health exit %d, want 0", code)
+	}
+	metrics := opstest.Scrape(t, cfg.Ops.Listen)
+	if opstest.Value(metrics, `switchboard_auth_verifications_total{result="ok"}`) != 1 {
+		t.Fatalf("metrics lack the verification:\n%s", metrics)
 	}
 
 	cancel()
@@ -209,10 +222,32 @@ func TestRunRefusesBadConfig(t *testing.T) {
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			err := run(context.Background(), slog.New(slog.DiscardHandler), tc.cfg)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			err := run(ctx, slog.New(slog.DiscardHandler), tc.cfg)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
 		})
 	}
+}
+
+// runHealth runs the binary's health subcommand against listen.
+func runHealth(t *testing.T, listen string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0])
+	cmd.Env = []string{runMainEnv + "=main health -ops.listen=" + listen}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		t.Logf("health: %s", stderr.String())
+		return ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return 0
 }

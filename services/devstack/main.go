@@ -88,9 +88,6 @@ func run(ctx context.Context, log *slog.Logger, cfg devstack.Config) error {
 }
 
 func serve(ctx context.Context, log *slog.Logger, cfg devstack.Config, out io.Writer) error {
-	if err := os.MkdirAll(cfg.NATSServer.StoreDir, 0o755); err != nil {
-		return fmt.Errorf("create store dir: %w", err)
-	}
 	// The services live until the stack stops them in order, not until the
 	// signal arrives.
 	st, err := devstack.Start(context.WithoutCancel(ctx), log, cfg)
@@ -122,6 +119,9 @@ func printBanner(w io.Writer, st *devstack.Stack, cfg devstack.Config) error {
 	}
 	p("switchboard devstack is running (Ctrl-C to stop)")
 	p("nats: %s", st.NATSURL())
+	if a := st.OpsAddr(); a != nil {
+		p("metrics: http://%s/metrics (and /healthz, /readyz)", a)
+	}
 	addr := st.GatewayAddr()
 	if addr == nil {
 		p("socket.io: none (no gateway in services)")

@@ -371,6 +371,7 @@ func serveUntilBanner(t *testing.T, cfg devstack.Config, marker string) (string,
 	cfg.NATSServer.Listen = "127.0.0.1:0"
 	cfg.NATSServer.StoreDir = t.TempDir() + "/nats"
 	cfg.Gateway.Listen = "127.0.0.1:0"
+	cfg.Ops.Listen = "127.0.0.1:0"
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)

@@ -24,7 +24,7 @@ func main() {
 }
 
 func run(ctx context.Context, log *slog.Logger, cfg appConfig) error {
-	nc, err := cfg.NATS.Connect(log, "switchboard-echo")
+	nc, err := cfg.NATS.Connect(ctx, log, "switchboard-echo")
 	if err != nil {
 		return err
 	}

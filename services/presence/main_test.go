@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/boot"
 	"github.com/switchboard-rt/switchboard/pkg/natstest"
 	"github.com/switchboard-rt/switchboard/pkg/natsx"
+	"github.com/switchboard-rt/switchboard/pkg/ops/opstest"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
 
@@ -41,6 +44,7 @@ func TestRunServesUntilCancelled(t *testing.T) {
 	srv := natstest.Run(t)
 	cfg := defaultConfig()
 	cfg.NATS.URL = srv.URL()
+	cfg.Ops.Listen = fmt.Sprintf("127.0.0.1:%d", natstest.FreePort(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -63,6 +67,28 @@ func TestRunServesUntilCancelled(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// Metrics: one admission counted. Readiness follows NATS: false while
+	// the server is down, true again once it is back.
+	admit := api.AdmitRequest{Conn: api.Conn{SocketID: "s1", UserID: "alice", DeviceID: "d", Gateway: "g1", CreatedAt: time.Now()}}
+	rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_, err := natsx.Request[api.AdmitReply](rctx, nc, subject.PresenceAdmit, admit)
+	rcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := opstest.Value(opstest.Scrape(t, cfg.Ops.Listen), `switchboard_presence_admissions_total{result="admitted"}`); v != 1 {
+		t.Fatalf("admitted = %v, want 1", v)
+	}
+	if code := opstest.Status(cfg.Ops.Listen, "/readyz"); code != 200 {
+		t.Fatalf("readyz %d with NATS up", code)
+	}
+	srv.Down()
+	waitStatus(t, cfg.Ops.Listen, "/readyz", 503)
+	if code := opstest.Status(cfg.Ops.Listen, "/healthz"); code != 200 {
+		t.Fatalf("healthz %d with NATS down: the process is alive", code)
+	}
+	srv.Up()
+	waitStatus(t, cfg.Ops.Listen, "/readyz", 200)
 	cancel()
 	select {
 	case err := <-done:
@@ -74,10 +100,34 @@ func TestRunServesUntilCancelled(t *testing.T) {
 	}
 }
 
-func TestRunFailsWithoutNATS(t *testing.T) {
+// Without NATS, run waits for it until its context ends.
+func TestRunWaitsForNATS(t *testing.T) {
 	cfg := defaultConfig()
-	cfg.NATS.URL = "nats://127.0.0.1:1"
-	if err := run(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)), cfg); err == nil {
-		t.Fatal("run without NATS succeeded")
+	cfg.NATS.URL = fmt.Sprintf("nats://127.0.0.1:%d", natstest.FreePort(t))
+	cfg.Ops.Listen = ""
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg); err == nil || !strings.Contains(err.Error(), "connect nats") {
+		t.Fatalf("run without NATS: %v", err)
+	}
+	if waited := time.Since(start); waited < 900*time.Millisecond {
+		t.Fatalf("gave up after %v, before its context ended", waited)
+	}
+}
+
+// waitStatus waits up to 10 s for path at addr to answer code.
+func waitStatus(t *testing.T, addr, path string, code int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := opstest.Status(addr, path)
+		if got == code {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s answered %d, want %d", path, got, code)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -32,7 +32,7 @@ func TestPausedPresencePurgesNoLiveGateway(t *testing.T) {
 	srv := natstest.Run(t)
 	nc := srv.Conn(t)
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), "PRESENCE_TEST_CHILD=1", "SB_NATS_URL="+srv.URL(), "SB_PRESENCE_GATEWAY_TTL=1s", "SB_LOG_LEVEL=warn")
+	cmd.Env = append(os.Environ(), "PRESENCE_TEST_CHILD=1", "SB_NATS_URL="+srv.URL(), "SB_PRESENCE_GATEWAY_TTL=1s", "SB_LOG_LEVEL=warn", "SB_OPS_LISTEN=")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

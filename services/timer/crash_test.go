@@ -86,7 +86,7 @@ func (c *cluster) start() *child {
 	name := fmt.Sprintf("timer-%d", c.n)
 	c.mu.Unlock()
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), "TIMER_TEST_CHILD=1", "SB_NATS_URL="+c.url, "SB_TIMER_INSTANCE="+name, "SB_LOG_LEVEL=warn")
+	cmd.Env = append(os.Environ(), "TIMER_TEST_CHILD=1", "SB_NATS_URL="+c.url, "SB_TIMER_INSTANCE="+name, "SB_LOG_LEVEL=warn", "SB_OPS_LISTEN=")
 	cmd.Env = append(cmd.Env, c.env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

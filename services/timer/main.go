@@ -6,12 +6,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 
 	"github.com/switchboard-rt/switchboard/pkg/boot"
+	"github.com/switchboard-rt/switchboard/pkg/ops"
 	"github.com/switchboard-rt/switchboard/services/timer/timersvc"
 )
 
@@ -23,15 +25,23 @@ type Config struct {
 	// Provision creates or updates the bucket and the events stream, then
 	// exits (run it with a NATS user allowed to manage streams; the
 	// service's own user then needs no such right).
-	Provision bool `koanf:"provision"`
+	Provision bool       `koanf:"provision"`
+	Ops       ops.Config `koanf:"ops"`
 }
+
+// opsListen is the default address of /metrics, /healthz and /readyz.
+const opsListen = ":9193"
 
 // DefaultConfig returns the binary's defaults.
 func DefaultConfig() Config {
-	return Config{NATS: boot.DefaultNATS(), Log: boot.DefaultLog(), Timer: timersvc.DefaultConfig()}
+	return Config{NATS: boot.DefaultNATS(), Log: boot.DefaultLog(), Timer: timersvc.DefaultConfig(), Ops: ops.DefaultConfig(opsListen)}
 }
 
 func main() {
+	if boot.IsHealth(os.Args[1:]) {
+		cfg := DefaultConfig()
+		os.Exit(boot.Health("timer", &cfg, &cfg.Ops, os.Args[2:], os.Environ(), os.Stderr))
+	}
 	var cfg Config
 	os.Exit(boot.Main("timer", os.Stderr, func() (*slog.Logger, error) {
 		log, c, err := load(os.Args[1:], os.Environ(), os.Stderr)
@@ -50,7 +60,7 @@ func load(args, environ []string, out io.Writer) (*slog.Logger, Config, error) {
 // run serves until ctx is done, then stops (releasing the tick lease) and
 // drains.
 func run(ctx context.Context, log *slog.Logger, cfg Config) error {
-	nc, err := cfg.NATS.Connect(log, timersvc.ServiceName)
+	nc, err := cfg.NATS.Connect(ctx, log, timersvc.ServiceName)
 	if err != nil {
 		return err
 	}
@@ -66,7 +76,13 @@ func run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	reg := ops.NewRegistry()
+	reg.MustRegister(svc.Collectors()...)
+	osrv, err := ops.Start(log, cfg.Ops, reg, ops.NATSConnected(nc), ops.KVReachable(nc, cfg.Timer.Bucket))
+	if err != nil {
+		return errors.Join(err, svc.Stop())
+	}
 	<-ctx.Done()
 	log.Info("stopping")
-	return svc.Stop()
+	return errors.Join(svc.Stop(), boot.StopOps(osrv))
 }

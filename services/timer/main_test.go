@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
 	"github.com/switchboard-rt/switchboard/pkg/natstest"
+	"github.com/switchboard-rt/switchboard/pkg/ops/opstest"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
 
@@ -39,6 +41,7 @@ func TestRun(t *testing.T) {
 	nc := s.Conn(t)
 	cfg := DefaultConfig()
 	cfg.NATS.URL = s.URL()
+	cfg.Ops.Listen = fmt.Sprintf("127.0.0.1:%d", natstest.FreePort(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg) }()
@@ -74,6 +77,26 @@ func TestRun(t *testing.T) {
 		}
 	case <-time.After(3 * time.Second):
 		t.Fatal("no tick")
+	}
+	// The metrics show the running timer, the ticks and the partitions.
+	metrics := opstest.Scrape(t, cfg.Ops.Listen)
+	for series, want := range map[string]float64{
+		"switchboard_timer_active":                      1,
+		"switchboard_timer_members":                     1,
+		"switchboard_timer_tick_lateness_seconds_count": opstest.Value(metrics, "switchboard_timer_ticks_total"),
+	} {
+		if got := opstest.Value(metrics, series); got != want {
+			t.Errorf("%s = %v, want %v", series, got, want)
+		}
+	}
+	if p := opstest.Value(metrics, "switchboard_timer_partitions_owned"); p < 1 || p > float64(cfg.Timer.Partitions) {
+		t.Errorf("partitions owned %v", p)
+	}
+	if opstest.Value(metrics, "switchboard_timer_ticks_total") < 1 {
+		t.Errorf("no tick counted:\n%s", metrics)
+	}
+	if code := opstest.Status(cfg.Ops.Listen, "/readyz"); code != 200 {
+		t.Errorf("readyz %d", code)
 	}
 	cancel()
 	select {

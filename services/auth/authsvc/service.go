@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
 	"github.com/switchboard-rt/switchboard/pkg/natsx"
@@ -37,6 +38,13 @@ type Service struct {
 	nc       *nats.Conn
 	verifier Verifier
 	svc      micro.Service
+	verified *prometheus.CounterVec // by result
+	latency  prometheus.Histogram   // verification time
+}
+
+// Collectors are the service's metrics, for the binary's registry.
+func (s *Service) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{s.verified, s.latency}
 }
 
 // Start validates cfg, builds the verifier and serves subject.AuthVerify on
@@ -60,7 +68,20 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 		}
 		v = fv
 	}
-	s := &Service{log: log, nc: nc, verifier: v}
+	s := &Service{log: log, nc: nc, verifier: v,
+		verified: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_auth_verifications_total",
+			Help: "Token verifications by result: ok, rejected (Unauthorized), bad_request, error.",
+		}, []string{"result"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "switchboard_auth_verification_seconds",
+			Help:    "Time to verify one token.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}),
+	}
+	for _, r := range []string{"ok", "rejected", "bad_request", "error"} {
+		s.verified.WithLabelValues(r)
+	}
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        ServiceName,
 		Version:     Version,
@@ -103,21 +124,28 @@ func (s *Service) Stop() error {
 // handleVerify answers one api.VerifyRequest. The token is never logged.
 func (s *Service) handleVerify(ctx context.Context, raw json.RawMessage) (api.VerifyReply, error) {
 	if b := bytes.TrimLeft(raw, " \t\r\n"); len(b) == 0 || b[0] != '{' {
+		s.verified.WithLabelValues("bad_request").Inc()
 		return api.VerifyReply{}, natsx.Errorf(api.CodeBadRequest, "invalid request: want a JSON object")
 	}
 	var req api.VerifyRequest
 	if err := json.Unmarshal(raw, &req); err != nil {
+		s.verified.WithLabelValues("bad_request").Inc()
 		return api.VerifyReply{}, natsx.Errorf(api.CodeBadRequest, "invalid request: %v", err)
 	}
+	start := time.Now()
 	reply, err := s.verifier.Verify(ctx, req.Token)
+	s.latency.Observe(time.Since(start).Seconds())
 	var rej *RejectError
 	switch {
 	case errors.As(err, &rej):
+		s.verified.WithLabelValues("rejected").Inc()
 		s.log.Debug("verify", "outcome", "rejected", "reason", rej.Reason)
 		return api.VerifyReply{}, natsx.Errorf(api.CodeUnauthorized, "Unauthorized")
 	case err != nil:
+		s.verified.WithLabelValues("error").Inc()
 		return api.VerifyReply{}, fmt.Errorf("verify: %w", err) // logged by natsx as a 500
 	}
+	s.verified.WithLabelValues("ok").Inc()
 	s.log.Debug("verify", "outcome", "ok", "uid", reply.UserID)
 	return reply, nil
 }

@@ -14,15 +14,18 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchboard-rt/switchboard/pkg/boot"
 	"github.com/switchboard-rt/switchboard/pkg/natsx"
+	"github.com/switchboard-rt/switchboard/pkg/ops"
 	"github.com/switchboard-rt/switchboard/services/auth/authsvc"
 	"github.com/switchboard-rt/switchboard/services/echo/echosvc"
 	"github.com/switchboard-rt/switchboard/services/gateway/gateway"
@@ -80,6 +83,9 @@ type Config struct {
 	Presence presencesvc.Config `koanf:"presence"`
 	Timer    timersvc.Config    `koanf:"timer"`
 	Log      boot.LogConfig     `koanf:"log"`
+	// Ops serves the metrics of every service of the stack, and its
+	// readiness.
+	Ops ops.Config `koanf:"ops"`
 }
 
 // DefaultConfig is the configuration of `make run`.
@@ -98,6 +104,7 @@ func DefaultConfig() Config {
 		Presence:   presencesvc.DefaultConfig(),
 		Timer:      timersvc.DefaultConfig(),
 		Log:        boot.DefaultLog(),
+		Ops:        ops.DefaultConfig("127.0.0.1:9090"),
 	}
 }
 
@@ -190,6 +197,25 @@ func splitListen(listen string) (string, int, error) {
 	return host, port, nil
 }
 
+// checkPorts fails when an address the stack would listen on is taken.
+func checkPorts(cfg Config) error {
+	addrs := []struct{ setting, addr string }{{"nats_server.listen", cfg.NATSServer.Listen}, {"ops.listen", cfg.Ops.Listen}}
+	if cfg.runs(ServiceGateway) {
+		addrs = append(addrs, struct{ setting, addr string }{"gateway.listen", cfg.Gateway.Listen})
+	}
+	for _, a := range addrs {
+		if a.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", a.addr)
+		if err != nil {
+			return fmt.Errorf("%s %s is in use (another stack running?): %w", a.setting, a.addr, err)
+		}
+		_ = ln.Close()
+	}
+	return nil
+}
+
 // Stack is a running development stack.
 type Stack struct {
 	profile  string
@@ -198,6 +224,8 @@ type Stack struct {
 	gw       *gateway.Gateway
 	services []stopper // stopped in reverse order, after the gateway
 	conns    []*nats.Conn
+	reg      *prometheus.Registry
+	ops      *ops.Server
 }
 
 type stopper struct {
@@ -211,6 +239,14 @@ type stopper struct {
 func Start(ctx context.Context, log *slog.Logger, cfg Config) (st *Stack, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	// A busy port fails the start before the store is opened: a second
+	// stack on the same store would corrupt it.
+	if err := checkPorts(cfg); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.NATSServer.StoreDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create store dir: %w", err)
 	}
 	host, port, _ := splitListen(cfg.NATSServer.Listen)
 	ns, err := server.NewServer(&server.Options{
@@ -231,7 +267,7 @@ func Start(ctx context.Context, log *slog.Logger, cfg Config) (st *Stack, err er
 		ns.Shutdown()
 		return nil, fmt.Errorf("nats server: %w", err)
 	}
-	st = &Stack{profile: cfg.Profile, log: log, ns: ns}
+	st = &Stack{profile: cfg.Profile, log: log, ns: ns, reg: ops.NewRegistry()}
 	defer func() {
 		if err != nil {
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -244,7 +280,7 @@ func Start(ctx context.Context, log *slog.Logger, cfg Config) (st *Stack, err er
 	}()
 
 	if cfg.runs(ServiceAuth) {
-		nc, err := st.connect(ServiceAuth)
+		nc, err := st.connect(ctx, ServiceAuth)
 		if err != nil {
 			return st, err
 		}
@@ -252,10 +288,11 @@ func Start(ctx context.Context, log *slog.Logger, cfg Config) (st *Stack, err er
 		if err != nil {
 			return st, fmt.Errorf("start auth: %w", err)
 		}
+		st.reg.MustRegister(svc.Collectors()...)
 		st.services = append(st.services, stopper{ServiceAuth, svc.Stop})
 	}
 	if cfg.runs(ServicePresence) {
-		nc, err := st.connect(ServicePresence)
+		nc, err := st.connect(ctx, ServicePresence)
 		if err != nil {
 			return st, err
 		}
@@ -263,10 +300,11 @@ func Start(ctx context.Context, log *slog.Logger, cfg Config) (st *Stack, err er
 		if err != nil {
 			return st, fmt.Errorf("start presence: %w", err)
 		}
+		st.reg.MustRegister(svc.Collectors()...)
 		st.services = append(st.services, stopper{ServicePresence, svc.Stop})
 	}
 	if cfg.runs(ServiceTimer) {
-		nc, err := st.connect(ServiceTimer)
+		nc, err := st.connect(ctx, ServiceTimer)
 		if err != nil {
 			return st, err
 		}
@@ -274,10 +312,11 @@ func Start(ctx context.Context, log *slog.Logger, cfg Config) (st *Stack, err er
 		if err != nil {
 			return st, fmt.Errorf("start timer: %w", err)
 		}
+		st.reg.MustRegister(svc.Collectors()...)
 		st.services = append(st.services, stopper{ServiceTimer, svc.Stop})
 	}
 	if cfg.runs(ServiceEcho) {
-		nc, err := st.connect(ServiceEcho)
+		nc, err := st.connect(ctx, ServiceEcho)
 		if err != nil {
 			return st, err
 		}
@@ -288,7 +327,7 @@ func Start(ctx context.Context, log *slog.Logger, cfg Config) (st *Stack, err er
 		st.services = append(st.services, stopper{ServiceEcho, svc.Stop})
 	}
 	if cfg.runs(ServiceGateway) {
-		nc, err := st.connect(ServiceGateway)
+		nc, err := st.connect(ctx, ServiceGateway)
 		if err != nil {
 			return st, err
 		}
@@ -297,18 +336,35 @@ func Start(ctx context.Context, log *slog.Logger, cfg Config) (st *Stack, err er
 			return st, fmt.Errorf("start gateway: %w", err)
 		}
 		st.gw = gw
+		st.reg.MustRegister(gw.Collectors()...)
+	}
+	checks := make([]ops.Check, 0, len(st.conns))
+	for _, nc := range st.conns {
+		checks = append(checks, ops.NATSConnected(nc))
+	}
+	if st.ops, err = ops.Start(log, cfg.Ops, st.reg, checks...); err != nil {
+		return st, err
 	}
 	return st, nil
 }
 
 // connect opens an in-process client connection for one service.
-func (st *Stack) connect(name string) (*nats.Conn, error) {
-	nc, err := natsx.Connect(st.log.With("component", name), st.ns.ClientURL(), "devstack-"+name, nats.InProcessServer(st.ns))
+func (st *Stack) connect(ctx context.Context, name string) (*nats.Conn, error) {
+	nc, err := natsx.Connect(ctx, st.log.With("component", name), st.ns.ClientURL(), "devstack-"+name, nats.InProcessServer(st.ns))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	st.conns = append(st.conns, nc)
 	return nc, nil
+}
+
+// OpsAddr is the address of the stack's /metrics, /healthz and /readyz,
+// nil when ops.listen is empty.
+func (st *Stack) OpsAddr() net.Addr {
+	if st.ops == nil {
+		return nil
+	}
+	return st.ops.Addr()
 }
 
 // Profile is the profile the stack runs.
@@ -333,6 +389,12 @@ func (st *Stack) GatewayAddr() net.Addr {
 // the services, closes their NATS connections and shuts NATS down.
 func (st *Stack) Stop(ctx context.Context) error {
 	var errs []error
+	if st.ops != nil {
+		if err := st.ops.Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop ops: %w", err))
+		}
+		st.ops = nil
+	}
 	if st.gw != nil {
 		if err := st.gw.Stop(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("stop gateway: %w", err))

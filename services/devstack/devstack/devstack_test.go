@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-rt/switchboard/pkg/client"
+	"github.com/switchboard-rt/switchboard/pkg/ops/opstest"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
 
@@ -30,6 +34,7 @@ func startStack(t *testing.T, services ...string) *Stack {
 	cfg.NATSServer.Listen = "127.0.0.1:0"
 	cfg.NATSServer.StoreDir = t.TempDir()
 	cfg.Gateway.Listen = "127.0.0.1:0"
+	cfg.Ops.Listen = "127.0.0.1:0"
 	if services != nil {
 		cfg.Services = services
 	}
@@ -327,5 +332,60 @@ func TestDefaultGatewayListensOnLoopback(t *testing.T) {
 		if !strings.HasPrefix(c.Gateway.Listen, "127.0.0.1:") {
 			t.Errorf("profile %q: gateway listens on %q", p, c.Gateway.Listen)
 		}
+	}
+}
+
+// A busy port stops the start before the store is created or opened.
+func TestBusyPortTouchesNoStore(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for _, setting := range []string{"nats_server.listen", "gateway.listen", "ops.listen"} {
+		t.Run(setting, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.NATSServer.Listen = "127.0.0.1:0"
+			cfg.NATSServer.StoreDir = filepath.Join(t.TempDir(), "nats")
+			cfg.Gateway.Listen = "127.0.0.1:0"
+			cfg.Ops.Listen = "127.0.0.1:0"
+			busy := ln.Addr().String()
+			switch setting {
+			case "nats_server.listen":
+				cfg.NATSServer.Listen = busy
+			case "gateway.listen":
+				cfg.Gateway.Listen = busy
+			case "ops.listen":
+				cfg.Ops.Listen = busy
+			}
+			_, err := Start(context.Background(), testLogger(t), cfg)
+			if err == nil || !strings.Contains(err.Error(), setting) || !strings.Contains(err.Error(), "in use") {
+				t.Fatalf("start on a busy %s: %v", setting, err)
+			}
+			if _, err := os.Stat(cfg.NATSServer.StoreDir); !os.IsNotExist(err) {
+				t.Fatalf("store dir touched: %v", err)
+			}
+		})
+	}
+}
+
+// The stack's metrics carry every service's series.
+func TestStackMetrics(t *testing.T) {
+	st := startStack(t)
+	text := opstest.Scrape(t, st.OpsAddr().String())
+	for _, series := range []string{
+		"switchboard_gateway_connections",
+		`switchboard_gateway_handshakes_total{result="ok"}`,
+		`switchboard_auth_verifications_total{result="ok"}`,
+		`switchboard_presence_admissions_total{result="admitted"}`,
+		"switchboard_timer_active",
+		"go_goroutines",
+	} {
+		if opstest.Value(text, series) < 0 {
+			t.Errorf("metrics lack %s", series)
+		}
+	}
+	if code := opstest.Status(st.OpsAddr().String(), "/readyz"); code != 200 {
+		t.Errorf("readyz %d", code)
 	}
 }

@@ -26,6 +26,7 @@ func startProfile(t *testing.T, profile string) *testStack {
 	cfg.NATSServer.Listen = "127.0.0.1:0"
 	cfg.NATSServer.StoreDir = t.TempDir()
 	cfg.Gateway.Listen = "127.0.0.1:0"
+	cfg.Ops.Listen = "127.0.0.1:0"
 	if profile == ProfileDefault {
 		cfg.Services = []string{ServiceAuth, ServicePresence, ServiceGateway}
 	}

@@ -313,6 +313,7 @@ func (e *engine) slow() {
 	if e.broken.Swap(true) {
 		return
 	}
+	e.g.metrics.slow.Inc()
 	e.log().Warn("send queue full, closing slow client")
 	go e.close(closeSlow)
 }
@@ -376,6 +377,7 @@ func (e *engine) onSocketIO(p socketio.Packet, parts [][]byte) {
 	case socketio.Connect:
 		if !e.countConnect(time.Now()) {
 			e.log().Debug("closing after too many CONNECTs")
+			e.g.metrics.handshake(msgTooManyAttempts)
 			data, _ := json.Marshal(map[string]string{"message": msgTooManyAttempts})
 			e.sendSIO(socketio.Packet{Type: socketio.ConnectError, Namespace: p.Namespace, Data: data})
 			e.close(closeMalformed)
@@ -414,6 +416,7 @@ func (e *engine) socket(ns string) *socket {
 const maxRefusals = 10
 
 func (e *engine) connectError(ns, msg string) {
+	e.g.metrics.handshake(msg)
 	data, _ := json.Marshal(map[string]string{"message": msg})
 	e.sendSIO(socketio.Packet{Type: socketio.ConnectError, Namespace: ns, Data: data})
 	e.mu.Lock()

@@ -23,6 +23,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/olahol/melody"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
@@ -30,6 +31,12 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/sched"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
+
+// ServiceName is the gateway's micro service name (nats micro ls).
+const ServiceName = "switchboard-gateway"
+
+// Version is the micro service version.
+const Version = "1.0.0"
 
 // Option changes how a gateway is built in code (never from configuration).
 type Option func(*options)
@@ -65,6 +72,7 @@ type Gateway struct {
 	sched   *sched.Scheduler[timerKey]
 	hub     *hub
 	adm     *admission
+	metrics *metrics
 	proxies proxies
 
 	ln   net.Listener
@@ -73,6 +81,7 @@ type Gateway struct {
 	list *nats.Subscription // presence asking for the sockets
 	ips  *nats.Subscription // other gateways' address reports
 	all  *nats.Subscription // sb.out.all
+	svc  micro.Service      // discovery and status (nats micro ls)
 
 	shards []chan *nats.Msg
 	subsMu sync.RWMutex
@@ -126,6 +135,7 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	g.log = log.With("gateway", g.id)
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.hub = newHub(g)
+	g.metrics = newMetrics(g)
 	g.sched = sched.New(g.fire)
 
 	g.m = melody.New()
@@ -189,6 +199,9 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	if g.list, err = nc.Subscribe(listSubj, g.onSocketsRequest); err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", listSubj, err)
 	}
+	if err := g.addService(); err != nil {
+		return nil, err
+	}
 	if err := nc.Flush(); err != nil {
 		return nil, fmt.Errorf("flush subscriptions: %w", err)
 	}
@@ -251,6 +264,7 @@ func (g *Gateway) admitEngine(w http.ResponseWriter, r *http.Request) *engine {
 	e := newEngine(g, r)
 	if refused := g.adm.admit(e.ip, time.Now()); refused != nil {
 		g.log.Debug("handshake refused", "ip", e.ip, "reason", refused.message)
+		g.metrics.refused(refused)
 		refused.write(w)
 		return nil
 	}
@@ -315,12 +329,46 @@ func (g *Gateway) Stop(ctx context.Context) error {
 	if g.ips != nil {
 		_ = g.ips.Unsubscribe()
 	}
+	if g.svc != nil {
+		_ = g.svc.Stop()
+	}
 	_ = g.m.Close()
 	g.wg.Wait()
 	if shutdownErr != nil && !errors.Is(shutdownErr, context.DeadlineExceeded) {
 		return fmt.Errorf("shutdown http: %w", shutdownErr)
 	}
 	return nil
+}
+
+// addService makes the gateway discoverable like the other services: a
+// micro service whose status endpoint (sb.gw.<id>.status) and stats tell
+// its connection counts.
+func (g *Gateway) addService() error {
+	subj, err := subject.GatewayControl(g.id, subject.OpStatus)
+	if err != nil {
+		return fmt.Errorf("status subject: %w", err)
+	}
+	g.svc, err = micro.AddService(g.nc, micro.Config{
+		Name:         ServiceName,
+		Version:      Version,
+		Description:  "Switchboard Socket.IO gateway",
+		Metadata:     map[string]string{"gateway": g.id},
+		StatsHandler: func(*micro.Endpoint) any { return g.Status() },
+		Endpoint: &micro.EndpointConfig{
+			Subject: subj,
+			Handler: micro.HandlerFunc(func(r micro.Request) { _ = r.RespondJSON(g.Status()) }),
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("add micro service: %w", err)
+	}
+	return nil
+}
+
+// Status is the gateway's connection counts.
+func (g *Gateway) Status() api.GatewayStatus {
+	n, _ := g.hub.summary()
+	return api.GatewayStatus{ID: g.id, Engines: g.hub.engineCount(), Connections: n}
 }
 
 func (g *Gateway) serveHealth(w http.ResponseWriter, _ *http.Request) {

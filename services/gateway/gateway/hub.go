@@ -63,6 +63,13 @@ func (h *hub) removeEngine(e *engine) {
 	}
 }
 
+// engineCount is the number of open engines.
+func (h *hub) engineCount() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.engs)
+}
+
 func (h *hub) engines() []*engine {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
@@ -290,11 +297,13 @@ func (g *Gateway) deliver(m *nats.Msg, to []*socket) {
 			g.log.Warn("delivery asking an ack on a reply subject that is not an inbox dropped", "subject", m.Subject, "reply", m.Reply)
 			return
 		}
+		g.metrics.out.Add(float64(len(to)))
 		for _, s := range to {
 			s.emitWithAck(name, args, m.Reply)
 		}
 		return
 	}
+	g.metrics.out.Add(float64(len(to)))
 	payload := socketio.EventPayload(name, args...)
 	var byNS map[string][]engineio.Packet
 	for _, s := range to {

@@ -197,6 +197,7 @@ func (p *relayPipe) slow() {
 	if p.broken.Swap(true) {
 		return
 	}
+	p.g.metrics.slow.Inc()
 	p.g.log.Warn("send queue full, closing slow relayed client")
 	p.mu.Lock()
 	s := p.s

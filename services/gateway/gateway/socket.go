@@ -137,6 +137,7 @@ func (e *engine) connect(p socketio.Packet) {
 	if g.opts.forwardAuth && len(p.Data) > 0 {
 		connectArgs = socketio.ArrayPayload(p.Data)
 	}
+	g.metrics.handshake("")
 	s.announced.Store(true)
 	s.publishLifecycle(api.EventConnect, connectArgs)
 	e.log().Debug("socket connected", "socket", s.id, "user", id.UserID, "device", s.conn.DeviceID, "namespace", ns)
@@ -191,7 +192,9 @@ func (e *engine) admit(s *socket, uid string) string {
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RequestTimeout)
 	deadline, _ := ctx.Deadline()
+	start := time.Now()
 	_, err := natsx.Request[api.AdmitReply](ctx, g.nc, subject.PresenceAdmit, api.AdmitRequest{Conn: s.conn, Deadline: deadline})
+	g.metrics.request(reqAdmit, start)
 	cancel()
 	if err == nil {
 		return ""
@@ -299,7 +302,9 @@ func (s *socket) onEvent(p socketio.Packet, parts [][]byte) {
 		if err := s.e.g.nc.PublishMsg(m); err != nil {
 			s.e.log().Warn("publish client event", "event", name, "err", err)
 			fail(msgUnavailable)
+			return
 		}
+		s.e.g.metrics.in.Inc()
 		return
 	}
 	s.ackMu.Lock()
@@ -310,6 +315,7 @@ func (s *socket) onEvent(p socketio.Packet, parts [][]byte) {
 	}
 	s.inflight++
 	s.ackMu.Unlock()
+	s.e.g.metrics.in.Inc()
 	go s.request(m, p.ID)
 }
 
@@ -362,7 +368,9 @@ func (s *socket) request(m *nats.Msg, ackID uint64) {
 	}()
 	ctx, cancel := context.WithTimeout(s.e.g.ctx, s.e.g.cfg.RequestTimeout)
 	defer cancel()
+	start := time.Now()
 	reply, err := natsx.RequestMsg(ctx, s.e.g.nc, m)
+	s.e.g.metrics.request(reqEvent, start)
 	switch {
 	case errors.Is(err, natsx.ErrUnavailable) && errors.Is(err, nats.ErrNoResponders):
 		s.sendAck(ackID, errorArgs("No handler for event "+m.Header.Get(api.HeaderEvent)))

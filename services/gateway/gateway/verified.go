@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -49,7 +50,9 @@ func (g *Gateway) verify(ctx context.Context, c credentials) verdict {
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
 	defer cancel()
+	start := time.Now()
 	id, err := natsx.Request[api.VerifyReply](ctx, g.nc, subject.AuthVerify, api.VerifyRequest{Token: token})
+	g.metrics.request(reqVerify, start)
 	switch code := natsx.CodeOf(err); {
 	case err == nil:
 		return verdict{ID: &id}

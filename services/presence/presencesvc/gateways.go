@@ -152,6 +152,8 @@ func (s *Service) sweep(now time.Time) {
 			continue
 		}
 		s.log.Info("purged dead gateway", "gateway", d.gw, "sockets", n)
+		s.metrics.purges.Inc()
+		s.metrics.purged.Add(float64(n))
 		s.gwMu.Lock()
 		if s.lastSeen[d.gw].Equal(d.seen) { // not heard from meanwhile
 			delete(s.lastSeen, d.gw)

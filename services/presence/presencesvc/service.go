@@ -108,6 +108,7 @@ type Service struct {
 	svc       micro.Service
 	subs      []*nats.Subscription
 	hbSub     *nats.Subscription // gateway heartbeats
+	metrics   *metrics
 
 	userLocks [64]sync.Mutex // striped by user id, see userLock
 
@@ -161,6 +162,7 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 		done:      make(chan struct{}),
 		recDone:   make(chan struct{}),
 	}
+	s.metrics = newMetrics(s)
 	if err := s.serve(ctx); err != nil {
 		close(s.done)
 		close(s.recDone)
@@ -230,7 +232,7 @@ func (s *Service) serve(ctx context.Context) error {
 		name, subj string
 		h          micro.Handler
 	}{
-		{"admit", subject.PresenceAdmit, natsx.Handle(s.log, opTimeout, s.admit)},
+		{"admit", subject.PresenceAdmit, natsx.Handle(s.log, opTimeout, s.countAdmit)},
 		{"release", subject.PresenceRelease, natsx.Handle(s.log, opTimeout, s.releaseRequest)},
 		{"list", subject.PresenceList, natsx.Handle(s.log, opTimeout, s.list)},
 		{"reset", subject.PresenceReset, natsx.Handle(s.log, opTimeout, s.reset)},
@@ -396,6 +398,7 @@ func (s *Service) release(ctx context.Context, uid, socketID string) (api.Conn, 
 			s.log.Warn("remove index of released socket", "key", idx, "err", err)
 		}
 	}
+	s.metrics.releases.Inc()
 	s.changed(ctx, u, gone, false)
 	return gone, true, nil
 }

@@ -170,7 +170,7 @@ func (s *Service) Instance() string { return s.instance }
 // Status reports the partitions this instance drives.
 func (s *Service) Status() api.TimerStatus {
 	parts, n := s.ticker.owned()
-	ticks, late := s.ticker.tickStats()
+	ticks, late, _ := s.ticker.tickStats()
 	return api.TimerStatus{
 		Instance:     s.instance,
 		Holder:       s.holder,

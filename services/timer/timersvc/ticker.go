@@ -78,6 +78,7 @@ type ticker struct {
 	// Since start: ticks sent, and how late (api.TickLatenessBounds).
 	ticks    uint64
 	lateHist []uint64
+	lateSum  time.Duration // of every tick's lateness
 	// Since the last report: publish failures, ticks sent late.
 	pubErrs int
 	lastErr error
@@ -325,14 +326,15 @@ func (t *ticker) countTick(late time.Duration) {
 	t.ticks++
 	i, _ := slices.BinarySearch(api.TickLatenessBounds, late)
 	t.lateHist[i]++
+	t.lateSum += late
 }
 
-// tickStats returns the ticks sent since start and their lateness
-// histogram (a copy).
-func (t *ticker) tickStats() (uint64, []uint64) {
+// tickStats returns the ticks sent since start, their lateness histogram
+// (a copy) and the sum of their lateness.
+func (t *ticker) tickStats() (uint64, []uint64, time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.ticks, slices.Clone(t.lateHist)
+	return t.ticks, slices.Clone(t.lateHist), t.lateSum
 }
 
 // publish sends one delivery; t.mu is held.
