@@ -18,7 +18,7 @@ SHELL := /bin/bash
 
 GO ?= go
 # Every Go module of the repository.
-MODULES := pkg services/auth services/devstack services/echo services/gateway services/presence services/timer
+MODULES := pkg services/auth services/devstack services/echo services/gateway services/presence services/timer deploy/validate
 # Service binaries built into bin/ (one per module under services/).
 SERVICES := $(patsubst services/%,%,$(filter services/%,$(MODULES)))
 BIN := bin

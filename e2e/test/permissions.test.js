@@ -1,6 +1,6 @@
 'use strict';
 // The whole product on a real nats-server with the shipped configuration
-// (deploy/nats-server.conf): every service connects as its own user, and
+// (deploy/nats/nats-server.conf): every service connects as its own user, and
 // two gateways, a relayed WebSocket upgrade, deliveries with acks, client
 // events with acks, timers and presence events all work without a single
 // permission violation in the server's log.
@@ -12,7 +12,7 @@ const path = require('node:path');
 const WebSocket = require('ws');
 const { startStack, sleep, uid, waitUntil } = require('../harness');
 
-const CONFIG = path.resolve(__dirname, '..', '..', 'deploy', 'nats-server.conf');
+const CONFIG = path.resolve(__dirname, '..', '..', 'deploy', 'nats', 'nats-server.conf');
 
 describe('least-privilege NATS', { timeout: 120000 }, () => {
   let st;

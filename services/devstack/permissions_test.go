@@ -1,6 +1,6 @@
 package main
 
-// The shipped NATS configuration (deploy/nats-server.conf) on a real
+// The shipped NATS configuration (deploy/nats/nats-server.conf) on a real
 // nats-server: each user is refused what it must not do. (That every
 // service can do its job under it is shown end to end by the e2e suite.)
 
@@ -22,35 +22,51 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/natstest"
 )
 
-// natsServer builds nats-server (the version this module requires), runs
-// it with the shipped configuration (its store in a temporary folder) and
-// returns its URL and the users' passwords.
-func natsServer(t *testing.T) (string, map[string]string) {
+// buildNATSServer builds nats-server (the version this module requires).
+func buildNATSServer(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "nats-server")
+	bin := filepath.Join(t.TempDir(), "nats-server")
 	build := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2")
 	build.Dir = "../../pkg"
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build nats-server: %v\n%s", err, out)
 	}
-	conf, err := os.ReadFile("../../deploy/nats-server.conf")
-	if err != nil {
-		t.Fatal(err)
+	return bin
+}
+
+// shippedConf copies the shipped configuration files into dir, with the
+// store in dir/js.
+func shippedConf(t *testing.T, dir string) {
+	t.Helper()
+	for _, f := range []string{"nats-server.conf", "cluster.conf"} {
+		conf, err := os.ReadFile(filepath.Join("../../deploy/nats", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conf = regexp.MustCompile(`store_dir:.*`).ReplaceAll(conf, fmt.Appendf(nil, "store_dir: %q", filepath.Join(dir, "js")))
+		if err := os.WriteFile(filepath.Join(dir, f), conf, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
-	conf = regexp.MustCompile(`store_dir:.*`).ReplaceAll(conf, fmt.Appendf(nil, "store_dir: %q", filepath.Join(dir, "js")))
-	confPath := filepath.Join(dir, "nats.conf")
-	if err := os.WriteFile(confPath, conf, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	port := natstest.FreePort(t)
+}
+
+// userPasswords makes a password for each user of the configuration and
+// the environment that gives them to nats-server.
+func userPasswords() (map[string]string, []string) {
 	passwords := map[string]string{}
 	env := os.Environ()
 	for _, u := range []string{"admin", "gateway", "auth", "presence", "timer", "app"} {
 		passwords[u] = u + "-pw-" + fmt.Sprint(time.Now().UnixNano())
 		env = append(env, strings.ToUpper(u)+"_PASSWORD="+passwords[u])
 	}
-	cmd := exec.Command(bin, "-c", confPath, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-m", fmt.Sprint(natstest.FreePort(t)))
+	return passwords, env
+}
+
+// runNATS starts bin with args and env, killed at cleanup, and waits for
+// its client port. It returns the process.
+func runNATS(t *testing.T, bin string, port int, env []string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(bin, append(args, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-m", fmt.Sprint(natstest.FreePort(t)))...)
 	cmd.Env = env
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -58,19 +74,31 @@ func natsServer(t *testing.T) (string, map[string]string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {
 			c.Close()
-			return url, passwords
+			return cmd
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("nats-server did not start:\n%s", out.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// natsServer runs nats-server with the shipped configuration (its store in
+// a temporary folder) and returns its URL and the users' passwords.
+func natsServer(t *testing.T) (string, map[string]string) {
+	t.Helper()
+	bin := buildNATSServer(t)
+	dir := t.TempDir()
+	shippedConf(t, dir)
+	passwords, env := userPasswords()
+	port := natstest.FreePort(t)
+	runNATS(t, bin, port, env, "-c", filepath.Join(dir, "nats-server.conf"))
+	return fmt.Sprintf("nats://127.0.0.1:%d", port), passwords
 }
 
 // op is one operation a user tries.
