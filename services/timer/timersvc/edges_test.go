@@ -208,3 +208,63 @@ func TestEdgeDeduplicated(t *testing.T) {
 	}
 	in.none(t, 500*time.Millisecond)
 }
+
+// A timer past its deadline whose partition has no holder (its NATS node
+// or instance failing) has not sent its end yet; a timerStart (or
+// timerStop) of the same device replaces it in the store, after which no
+// holder would ever send that end. The request sends it first: the device
+// sees the old timer's 0 and timerDone before the new timer's first tick,
+// and services get its timerDone event.
+func TestReplacedAfterDeadlineStillEnds(t *testing.T) {
+	for _, op := range []string{api.EventTimerStart, api.EventTimerStop} {
+		t.Run(op, func(t *testing.T) {
+			e := newEnv(t)
+			cfg := testConfig()
+			ctx := context.Background()
+			_, kv, markerTTL := e.openStorage(t, cfg)
+			w := who{"alice", "phone", ""}
+			in := e.listenDevice(t, w.uid, w.dev)
+			// Another holder keeps alice's partition (and never drives it).
+			p := PartitionOf(w.uid, cfg.Partitions)
+			foreign, _ := json.Marshal(leaseDoc{Instance: "elsewhere", Holder: "elsewhere", TTL: cfg.LeaseTTL.Milliseconds()})
+			hold, stopHold := context.WithCancel(ctx)
+			defer stopHold()
+			if _, err := kv.Put(ctx, leaseKey(p), foreign); err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				for hold.Err() == nil {
+					_, _ = kv.Put(hold, leaseKey(p), foreign)
+					time.Sleep(cfg.LeaseRenew)
+				}
+			}()
+			now := time.Now().UnixMilli()
+			rec := record{Dur: 3, Start: now - 5000, Deadline: now - 2000}
+			st := &store{kv: kv, log: testLog(t), partitions: cfg.Partitions, markerTTL: markerTTL}
+			key, _ := st.key(w.uid)
+			if err := st.save(ctx, key, userDoc{Timers: map[string]record{w.dev: rec}}, 0); err != nil {
+				t.Fatal(err)
+			}
+			svc, _ := e.start(t, cfg)
+			waitCovered(t, 5*time.Second, cfg.Partitions-1, svc) // all but alice's
+			in.none(t, time.Second)                              // nobody drives it
+			if op == api.EventTimerStart {
+				e.startTimer(t, w, 5)
+			} else {
+				e.ok(t, api.EventTimerStop, w, `[]`, nil)
+			}
+			if r := in.expect(t, api.EventTick, 2*time.Second).timer(t); r != 0 {
+				t.Fatalf("tick %d, want the old timer's 0", r)
+			}
+			in.expect(t, api.EventTimerDone, 2*time.Second)
+			want := 1 // the old timer's done
+			if op == api.EventTimerStart {
+				want = 2 // and the new one's start
+			}
+			evs := e.events(t, cfg, want)
+			if evs[0].Reason != "done/" || evs[0].Dur != 3 {
+				t.Fatalf("first event %+v, want the old timer's done", evs[0])
+			}
+		})
+	}
+}

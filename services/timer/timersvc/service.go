@@ -406,11 +406,15 @@ func (s *Service) start(ctx context.Context, ev *client.Event) {
 		s.fail(ev, api.CodeBadRequest, "invalid device")
 		return
 	}
-	var started, replaced record
+	var started, replaced, finished record
 	err = s.store.mutate(ctx, key, func(doc *userDoc, now int64) (bool, error) {
-		replaced = record{}
-		if old, ok := doc.Timers[ev.DeviceID]; ok && old.valid() && old.Deadline > now {
-			replaced = old
+		replaced, finished = record{}, record{}
+		if old, ok := doc.Timers[ev.DeviceID]; ok && old.valid() {
+			if old.Deadline > now {
+				replaced = old
+			} else {
+				finished = old // past its deadline, its end maybe not sent yet
+			}
 		}
 		running := 0
 		for dev, r := range doc.Timers {
@@ -434,11 +438,36 @@ func (s *Service) start(ctx context.Context, ev *client.Event) {
 		s.log.Debug("timer started", "user", ev.UserID, "device", ev.DeviceID, "dur", dur)
 		// Events first: a device's events are stored in the order its
 		// client saw the acks.
+		s.finish(ctx, ev.UserID, ev.DeviceID, finished)
 		if replaced.Start != 0 {
 			s.publishEvent(ctx, subject.TimerStopped, ev.UserID, ev.DeviceID, replaced, api.TimerReasonReplaced)
 		}
 		s.publishEvent(ctx, subject.TimerStarted, ev.UserID, ev.DeviceID, started, "")
 		s.ack(ev, api.TimerStartAck{Status: "ok", Timer: dur})
+	}
+}
+
+// finish sends the end of a timer that a timerStart or timerStop removed
+// from the store after its deadline: while its partition had no holder
+// (a NATS node or instance failing), its 0, timerDone and event may not
+// have gone out yet, and once the record is gone no holder sends them. They
+// carry the message ids of the edge path, so the stream drops them if the
+// holder sent them already; they go out before the request's ack, so the
+// device sees the old timer end before the new one starts.
+func (s *Service) finish(ctx context.Context, uid, dev string, rec record) {
+	if rec.Start == 0 {
+		return
+	}
+	x := edge{uid: uid, dev: dev, rec: rec}
+	for phase := range phases {
+		m, err := edgeMsg(x, phase)
+		if err == nil {
+			_, err = s.js.PublishMsg(ctx, m)
+		}
+		if err != nil {
+			s.log.Warn("end of a removed timer not stored", "user", uid, "device", dev, "err", err)
+			return
+		}
 	}
 }
 
@@ -460,15 +489,18 @@ func (s *Service) stop(ctx context.Context, ev *client.Event) {
 		s.fail(ev, api.CodeBadRequest, "invalid user")
 		return
 	}
-	var stopped record
+	var stopped, finished record
 	err = s.store.mutate(ctx, key, func(doc *userDoc, now int64) (bool, error) {
-		stopped = record{}
+		stopped, finished = record{}, record{}
 		old, ok := doc.Timers[ev.DeviceID]
 		if !ok {
 			return false, nil
 		}
-		if old.valid() && old.Deadline > now {
+		switch {
+		case old.valid() && old.Deadline > now:
 			stopped = old
+		case old.valid():
+			finished = old
 		}
 		delete(doc.Timers, ev.DeviceID)
 		return true, nil
@@ -477,6 +509,7 @@ func (s *Service) stop(ctx context.Context, ev *client.Event) {
 		s.storeFailed(ev, err)
 		return
 	}
+	s.finish(ctx, ev.UserID, ev.DeviceID, finished)
 	if stopped.Start != 0 {
 		s.publishEvent(ctx, subject.TimerStopped, ev.UserID, ev.DeviceID, stopped, api.TimerReasonStopped)
 	}
