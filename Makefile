@@ -9,6 +9,10 @@
 #                     README's nats lines with it)
 #   make test         Go tests (race detector) of every module, then the e2e suite
 #   make lint         gofmt, go vet, staticcheck, and a build of each module without go.work
+#   make cluster      run the cluster topology on loopback: 3 NATS nodes, 2
+#                     gateways behind a round-robin proxy, 2 auth, 2 presence,
+#                     2 timers (Ctrl-C stops it)
+#   make chaos        the chaos run on that topology for DURATION (default 10m)
 #   make bench        benchmarks of every module
 #   make fuzz         every Fuzz target of pkg for FUZZTIME (default 20s) each
 #   make clean        remove bin/ and the e2e scratch directory
@@ -38,7 +42,7 @@ TOKEN_USER := $(if $(filter command line,$(origin USER)),$(USER),alice)
 # Builds use the workspace (go.work) even when GOWORK is set outside.
 GOWS := env -u GOWORK $(GO)
 
-.PHONY: all build run token tools test test-go test-e2e e2e-deps lint bench fuzz clean
+.PHONY: all build run token tools cluster chaos test test-go test-e2e e2e-deps lint bench fuzz clean
 
 all: build
 
@@ -53,6 +57,15 @@ build:
 
 run: build
 	$(BIN)/devstack $(if $(PROFILE),-profile=$(PROFILE)) $(ARGS)
+
+# Length of `make chaos` (a Go-style duration: 90s, 10m, 1h).
+DURATION ?= 10m
+
+cluster: build e2e-deps
+	cd e2e && node cluster.js
+
+chaos: build tools e2e-deps
+	cd e2e && CHAOS_DURATION=$(DURATION) node --test --test-reporter=spec test/chaos.test.js
 
 tools: $(BIN)/nats
 

@@ -26,6 +26,8 @@ const TMP = path.join(__dirname, '.tmp');
 const SERVICES = ['auth', 'presence', 'timer', 'gateway'];
 // Process names that run bin/gateway: gateway, gateway2, gateway3, ...
 const isGateway = (name) => /^gateway\d*$/.test(name);
+// The binary (and NATS user) of a process name: gateway2 runs bin/gateway.
+const baseName = (name) => name.replace(/\d+$/, '');
 const ISSUER = 'switchboard-e2e';
 const AUDIENCE = 'switchboard';
 const LOG_LEVEL = process.env.E2E_LOG_LEVEL || 'info';
@@ -250,13 +252,23 @@ class Stack {
   // opts.natsConfig: run bin/nats-server with this configuration file (the
   // shipped one, with a user per service) instead of the devstack's
   // embedded server without authorization.
-  constructor(name, { services = SERVICES, gatewayEnv = {}, natsConfig = null } = {}) {
+  // opts.natsNodes: 3 runs a three-node cluster of bin/nats-server with
+  // the shipped cluster configuration (natsConfig's folder), buckets and
+  // streams with three replicas. opts.env: extra settings by binary name
+  // ({presence: {...}}). opts.proxy: a round-robin reverse proxy in front
+  // of the gateways becomes the stack's URL.
+  constructor(name, { services = SERVICES, gatewayEnv = {}, natsConfig = null, natsNodes = 1, env = {}, proxy = false } = {}) {
     this.name = name;
     this.services = services;
     this.gatewayEnv = gatewayEnv;
     this.natsConfig = natsConfig;
+    this.natsNodes = natsNodes;
+    this.extraEnv = env;
+    this.useProxy = proxy;
+    this.specs = {};
+    this.unexpected = [];
     // One password per NATS user of the configuration.
-    this.passwords = Object.fromEntries(['admin', 'gateway', 'auth', 'presence', 'timer', 'app'].map((u) => [u, crypto.randomBytes(18).toString('base64url')]));
+    this.passwords = Object.fromEntries(['admin', 'gateway', 'auth', 'presence', 'timer', 'app'].map((u) => [u, `p${crypto.randomBytes(18).toString('hex')}`]));
     this.logDir = path.join(TMP, name);
     this.procs = {};
     this.sockets = new Set();
@@ -280,6 +292,10 @@ class Stack {
     await Promise.all(this.services.map((s) => this.spawnService(s)));
     for (const port of Object.values(this.gatewayPorts)) {
       await waitUntil('the gateway HTTP port', () => this.checkAlive() && httpAnswers(port), 20000);
+    }
+    if (this.useProxy) {
+      this.proxy = await startProxy(Object.values(this.gatewayPorts));
+      this.url = `http://127.0.0.1:${this.proxy.port}`;
     }
     await this.waitReady();
   }
@@ -312,6 +328,7 @@ class Stack {
   }
 
   spawnChild(name, bin, args, env) {
+    this.specs[name] = { bin, args, env };
     const fd = fs.openSync(this.log(name), 'a');
     const child = spawn(binary(bin), args, {
       env: childEnv(env),
@@ -331,7 +348,9 @@ class Stack {
   }
 
   async startNATS() {
-    if (this.natsConfig) {
+    if (this.natsNodes > 1) {
+      await this.startNATSCluster();
+    } else if (this.natsConfig) {
       const port = await freePort();
       const env = Object.fromEntries(Object.entries(this.passwords).map(([u, p]) => [`${u.toUpperCase()}_PASSWORD`, p]));
       // The configuration as shipped, with the store in the test's folder.
@@ -342,8 +361,11 @@ class Stack {
       await waitUntil('nats-server', () => this.checkAlive() && portOpen(port), 20000);
       // The admin user provisions the bucket and streams, as an operator
       // does; the services' users may not create them.
+    }
+    if (this.natsConfig) {
       for (const svc of ['presence', 'timer']) {
         const child = this.spawnChild(`provision-${svc}`, svc, ['-provision=true'], {
+          ...this.replicaEnv(svc),
           SB_NATS_URL: this.natsUrl,
           SB_NATS_USER: 'admin',
           SB_NATS_PASSWORD: this.passwords.admin,
@@ -363,9 +385,78 @@ class Stack {
     this.natsUrl = (await readBanner(child, this.log('nats'))).nats;
   }
 
+  // startNATSCluster runs nats1..nats3 from the shipped cluster
+  // configuration, each with its own store, and waits until JetStream is
+  // healthy on all three.
+  async startNATSCluster() {
+    const dir = path.dirname(this.natsConfig);
+    const env = Object.fromEntries(Object.entries(this.passwords).map(([u, p]) => [`${u.toUpperCase()}_PASSWORD`, p]));
+    env.ROUTE_PASSWORD = `r${crypto.randomBytes(12).toString('hex')}`;
+    this.natsPorts = {};
+    this.monitorPorts = {};
+    const routePorts = [];
+    for (let i = 1; i <= this.natsNodes; i++) {
+      this.natsPorts[`nats${i}`] = await freePort();
+      this.monitorPorts[`nats${i}`] = await freePort();
+      routePorts.push(await freePort());
+      env[`NATS_ROUTE_${i}`] = `nats-route://route:${env.ROUTE_PASSWORD}@127.0.0.1:${routePorts[i - 1]}`;
+    }
+    for (let i = 1; i <= this.natsNodes; i++) {
+      const name = `nats${i}`;
+      const nodeDir = path.join(this.logDir, name);
+      fs.mkdirSync(nodeDir, { recursive: true });
+      for (const f of ['nats-server.conf', 'cluster.conf']) {
+        const text = fs.readFileSync(path.join(dir, f), 'utf8').replace(/store_dir:.*$/m, `store_dir: ${JSON.stringify(path.join(this.storeDir, name))}`);
+        fs.writeFileSync(path.join(nodeDir, f), text);
+      }
+      this.spawnChild(
+        name,
+        'nats-server',
+        ['-c', path.join(nodeDir, 'cluster.conf'), '-a', '127.0.0.1', '-p', String(this.natsPorts[name]), '-m', String(this.monitorPorts[name]), '--cluster', `nats://127.0.0.1:${routePorts[i - 1]}`],
+        { ...env, NATS_SERVER_NAME: name },
+      );
+    }
+    this.natsUrl = Object.values(this.natsPorts).map((p) => `nats://127.0.0.1:${p}`).join(',');
+    for (const name of Object.keys(this.natsPorts)) await this.waitNATSNode(name);
+  }
+
+  // waitNATSNode waits until a cluster node reports JetStream healthy.
+  async waitNATSNode(name, timeoutMs = 30000) {
+    await waitUntil(`${name} healthy`, async () => {
+      this.checkAlive();
+      const res = await fetch(`http://127.0.0.1:${this.monitorPorts[name]}/healthz`);
+      return res.status === 200;
+    }, timeoutMs, 200);
+  }
+
+  // streamLeader names the cluster node leading a stream's replicas.
+  async streamLeader(stream) {
+    for (const [name, port] of Object.entries(this.monitorPorts || {})) {
+      try {
+        const res = await fetch(`http://127.0.0.1:${port}/jsz?accounts=true&streams=true`);
+        const jsz = await res.json();
+        for (const acc of jsz.account_details || []) {
+          for (const st of acc.stream_detail || []) {
+            if (st.name === stream && st.cluster && st.cluster.leader) return st.cluster.leader;
+          }
+        }
+      } catch {
+        // that node is down: ask another
+      }
+    }
+    return null;
+  }
+
+  // replicaEnv sets the replicas of a service's bucket and streams.
+  replicaEnv(base) {
+    if (this.natsNodes <= 1 || !['presence', 'timer'].includes(base)) return {};
+    return { [`SB_${base.toUpperCase()}_REPLICAS`]: String(this.natsNodes) };
+  }
+
   // natsUser is the NATS user a process connects as.
   natsUser(name) {
-    return isGateway(name) ? 'gateway' : ['auth', 'presence', 'timer'].includes(name) ? name : 'app';
+    const base = baseName(name);
+    return ['gateway', 'auth', 'presence', 'timer'].includes(base) ? base : 'app';
   }
 
   // appNatsUrl is the URL backend services (the app user) connect with.
@@ -376,7 +467,7 @@ class Stack {
   // health runs `<binary> health` for a service process, as a container
   // healthcheck does, and resolves with its exit code.
   health(name) {
-    const bin = isGateway(name) ? 'gateway' : name;
+    const bin = baseName(name);
     return new Promise((resolve) => {
       execFile(binary(bin), ['health'], { env: childEnv({ SB_OPS_LISTEN: `127.0.0.1:${this.opsPorts[name]}` }), timeout: 10000 }, (err) => {
         resolve(err ? (typeof err.code === 'number' ? err.code : -1) : 0);
@@ -396,7 +487,10 @@ class Stack {
       env.SB_NATS_USER = user;
       env.SB_NATS_PASSWORD = this.passwords[user];
     }
-    switch (name) {
+    Object.assign(env, this.replicaEnv(baseName(name)), this.extraEnv[baseName(name)] || {});
+    switch (baseName(name)) {
+      case 'timer':
+        return { ...env, SB_TIMER_INSTANCE: name };
       case 'auth':
         return {
           ...env,
@@ -423,13 +517,33 @@ class Stack {
   }
 
   spawnService(name) {
-    const child = this.spawnChild(name, isGateway(name) ? 'gateway' : name, [], this.serviceEnv(name));
+    return this.watch(name, this.spawnChild(name, baseName(name), [], this.serviceEnv(name)));
+  }
+
+  // watch records an exit nobody asked for.
+  watch(name, child) {
     child.exited.then((info) => {
       if (!this.stopping && !child.expectedExit) {
+        this.unexpected.push({ name, info, at: Date.now() });
         process.stderr.write(`# ${name} exited unexpectedly ${JSON.stringify(info)}; see ${this.log(name)}\n`);
       }
     });
     return child;
+  }
+
+  // kill ends a process with SIGKILL (a crash, as far as it can tell).
+  async kill(name) {
+    const c = this.procs[name];
+    if (!c || c.exitInfo) return;
+    c.expectedExit = true;
+    c.kill('SIGKILL');
+    await c.exited;
+  }
+
+  // respawn starts a killed process again, with its first arguments.
+  respawn(name) {
+    const spec = this.specs[name];
+    return this.watch(name, this.spawnChild(name, spec.bin, spec.args, spec.env));
   }
 
   // waitReady waits until a probe client completes a CONNECT (auth and
@@ -593,7 +707,10 @@ class Stack {
     this.stopping = true;
     for (const s of this.sockets) s.disconnect();
     this.sockets.clear();
-    const order = [...Object.keys(this.gatewayPorts || {}), 'echo', 'timer', 'presence', 'auth', 'nats'];
+    if (this.proxy) this.proxy.close();
+    const names = Object.keys(this.procs);
+    const rank = (n) => (isGateway(n) ? 0 : /^nats\d*$/.test(n) ? 2 : 1);
+    const order = names.sort((a, b) => rank(a) - rank(b));
     for (const name of order) {
       const c = this.procs[name];
       if (!c || c.exitInfo) continue;
@@ -606,6 +723,67 @@ class Stack {
     }
     fs.rmSync(this.storeDir, { recursive: true, force: true });
   }
+}
+
+// startProxy runs a plain reverse proxy on loopback in front of ports: each
+// HTTP request and each WebSocket upgrade goes to the next port in turn (no
+// affinity); a port that refuses the connection is skipped.
+async function startProxy(ports) {
+  let next = 0;
+  const pick = () => ports[next++ % ports.length];
+  const dial = (tries, cb) => {
+    const port = pick();
+    const c = net.connect(port, '127.0.0.1');
+    c.once('connect', () => cb(null, c, port));
+    c.once('error', (err) => (tries > 1 ? dial(tries - 1, cb) : cb(err)));
+  };
+  const server = http.createServer((req, res) => {
+    const attempt = (tries) => {
+      const port = pick();
+      const up = http.request({ host: '127.0.0.1', port, method: req.method, path: req.url, headers: req.headers }, (ures) => {
+        res.writeHead(ures.statusCode, ures.headers);
+        ures.pipe(res);
+      });
+      up.on('error', (err) => {
+        if (tries > 1 && !res.headersSent && err.code === 'ECONNREFUSED') return attempt(tries - 1);
+        if (!res.headersSent) res.writeHead(502);
+        res.end();
+      });
+      req.pipe(up);
+    };
+    attempt(ports.length);
+  });
+  server.on('upgrade', (req, socket, head) => {
+    socket.on('error', () => socket.destroy());
+    dial(ports.length, (err, up) => {
+      if (err) {
+        socket.destroy();
+        return;
+      }
+      let raw = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) raw += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      up.write(`${raw}\r\n`);
+      if (head && head.length) up.write(head);
+      up.on('error', () => socket.destroy());
+      socket.on('close', () => up.destroy());
+      up.on('close', () => socket.destroy());
+      up.pipe(socket);
+      socket.pipe(up);
+    });
+  });
+  const sockets = new Set();
+  server.on('connection', (c) => {
+    sockets.add(c);
+    c.on('close', () => sockets.delete(c));
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: server.address().port,
+    close() {
+      server.close();
+      for (const c of sockets) c.destroy();
+    },
+  };
 }
 
 // startStack starts a stack for one test file; name names its log folder;
@@ -720,4 +898,4 @@ function uid(prefix) {
   return `${prefix}-${crypto.randomBytes(4).toString('hex')}`;
 }
 
-module.exports = { startStack, startDevstack, mintToken, once, sleep, uid, waitUntil, Recorder, ISSUER, AUDIENCE };
+module.exports = { startProxy, startStack, startDevstack, mintToken, once, sleep, uid, waitUntil, Recorder, ISSUER, AUDIENCE };

@@ -203,6 +203,17 @@ func (c *Cluster) Index(name string) int {
 	return -1
 }
 
+// PID is node i's process id (0 when it is not running).
+func (c *Cluster) PID(i int) int {
+	nd := c.nodes[i]
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	if nd.cmd == nil || nd.cmd.Process == nil {
+		return 0
+	}
+	return nd.cmd.Process.Pid
+}
+
 // Kill kills node i with SIGKILL.
 func (c *Cluster) Kill(i int) { c.kill(c.nodes[i]) }
 

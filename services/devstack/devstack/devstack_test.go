@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -387,5 +388,32 @@ func TestStackMetrics(t *testing.T) {
 	}
 	if code := opstest.Status(st.OpsAddr().String(), "/readyz"); code != 200 {
 		t.Errorf("readyz %d", code)
+	}
+	// Every series the shipped Grafana dashboard charts exists.
+	raw, err := os.ReadFile("../../../deploy/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil || len(dash.Panels) == 0 {
+		t.Fatalf("dashboard: %v", err)
+	}
+	names := regexp.MustCompile(`\b(?:switchboard|go|process)_[a-z_]+`)
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			for _, name := range names.FindAllString(tg.Expr, -1) {
+				base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_count"), "_sum")
+				if !strings.Contains(text, "\n"+base) && !strings.Contains(text, "\n"+name) {
+					t.Errorf("dashboard panel %q charts %s, which no service exports", p.Title, name)
+				}
+			}
+		}
 	}
 }

@@ -81,7 +81,7 @@ func DefaultConfig() Config {
 		IdleTimeout:       2 * time.Minute,
 		UpgradeTimeout:    10 * time.Second,
 		RequestTimeout:    5 * time.Second,
-		HeartbeatInterval: 3 * time.Second,
+		HeartbeatInterval: time.Second,
 		Namespaces:        []string{"/"},
 		MaxPendingAcks:    64,
 	}

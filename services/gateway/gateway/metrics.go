@@ -82,6 +82,9 @@ func newMetrics(g *Gateway) *metrics {
 	for _, r := range []string{"busy", "per_ip", "rate"} {
 		m.refusals.WithLabelValues(r)
 	}
+	for _, k := range []string{reqVerify, reqAdmit, reqEvent} {
+		m.requests.WithLabelValues(k)
+	}
 	m.collectable = []prometheus.Collector{m.handshakes, m.refusals, m.in, m.out, m.slow, m.requests, m.engines, m.sockets}
 	return m
 }

@@ -70,7 +70,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		MaxConnectionsPerUser: 3,
-		GatewayTTL:            10 * time.Second,
+		GatewayTTL:            4 * time.Second,
 		Bucket:                "sb_presence",
 		Replicas:              1,
 		ConnectionsEvents:     true,
