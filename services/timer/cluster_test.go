@@ -2,13 +2,17 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-rt/switchboard/pkg/api"
 	"github.com/switchboard-rt/switchboard/pkg/natstest"
+	"github.com/switchboard-rt/switchboard/pkg/subject"
 	"github.com/switchboard-rt/switchboard/services/timer/timersvc"
 )
 
@@ -84,6 +88,46 @@ func TestNATSNodeKill(t *testing.T) {
 		case <-k.done:
 			t.Errorf("%s died:\n%s", k.name, k.out.String())
 		default:
+		}
+	}
+}
+
+// On an R3 bucket a timerStop right after its timerStart stops the timer:
+// the stop reads the user's timers from the stream's leader, not from a
+// replica that may not have applied the start yet (a stop that finds no
+// timer writes nothing, and the timer would run on).
+func TestStopRightAfterStart(t *testing.T) {
+	nodes := natstest.RunCluster(t, 3)
+	c := newClusterOn(t, nodes.URLs(), func(t testing.TB) *nats.Conn { return nodes.Conn(t) })
+	c.env = []string{"SB_TIMER_REPLICAS=3"}
+	c.start()
+	c.waitCovered(30 * time.Second)
+	request := func(event, uid, dev, body string) string {
+		t.Helper()
+		subj, _ := subject.In(event)
+		m := nats.NewMsg(subj)
+		m.Header.Set(api.HeaderUser, uid)
+		m.Header.Set(api.HeaderDevice, dev)
+		m.Data = []byte(body)
+		reply, err := c.nc.RequestMsg(m, 5*time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v", event, err)
+		}
+		return replyData(reply)
+	}
+	for i := range 300 {
+		uid := fmt.Sprintf("u%d", i%20)
+		if got := request(api.EventTimerStart, uid, "d", `[{"dur":600}]`); !strings.Contains(got, `"ok"`) {
+			t.Fatalf("start %d: %s", i, got)
+		}
+		if got := request(api.EventTimerStop, uid, "d", `[]`); !strings.Contains(got, `"ok"`) {
+			t.Fatalf("stop %d: %s", i, got)
+		}
+	}
+	for u := range 20 {
+		uid := fmt.Sprintf("u%d", u)
+		if got := request(api.EventTimerList, uid, "d", `[]`); strings.Contains(got, `"dur"`) {
+			t.Fatalf("%s still has a timer after its stop: %s", uid, got)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package presencesvc
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"slices"
 	"testing"
@@ -79,5 +80,24 @@ func TestClusterLeaderKillKeepsTheLimit(t *testing.T) {
 	c.WaitJetStream(20 * time.Second)
 	if got := socketIDs(list(t, nc, "alice")); !slices.Equal(got, []string{"a1", "a2", "a3"}) {
 		t.Fatalf("after the restart alice holds %v", got)
+	}
+}
+
+// On an R3 bucket a release right after its admit finds the socket: the
+// read goes to the stream's leader, not to a replica that may not have
+// applied the admit yet (a release that finds nothing writes nothing, and
+// the slot would stay taken).
+func TestClusterReleaseRightAfterAdmit(t *testing.T) {
+	c := natstest.RunCluster(t, 3)
+	cfg := testConfig()
+	cfg.Replicas = 3
+	nc := c.Conn(t)
+	startSvc(t, c.Conn(t), cfg)
+	for i := range 500 {
+		uid, sid := fmt.Sprintf("u%d", i%25), fmt.Sprintf("s%d", i)
+		mustAdmit(t, nc, newConn(uid, sid, "gw"))
+		if !release(t, nc, uid, sid) {
+			t.Fatalf("release %d right after its admit found no socket", i)
+		}
 	}
 }

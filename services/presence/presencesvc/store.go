@@ -55,7 +55,9 @@ const kvOperation = "KV-Operation"
 // next write is then a single compare-and-set on that revision instead of a
 // failed create followed by a retry.
 func (s *Service) load(ctx context.Context, key string) ([]api.Conn, uint64, error) {
-	m, err := s.stream.GetLastMsgForSubject(ctx, s.kvPrefix+key)
+	// From the stream's leader: a replica may not show the latest admit yet,
+	// and a release that finds nothing writes nothing.
+	m, err := natsx.LastMsg(ctx, s.nc, "KV_"+s.cfg.Bucket, s.kvPrefix+key)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, 0, nil
 	}

@@ -120,14 +120,17 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 		return nil, err
 	}
 	s := &Service{
-		log:       log,
-		nc:        nc,
-		cfg:       cfg,
-		instance:  instance,
-		holder:    holder,
-		js:        js,
-		kv:        kv,
-		store:     &store{kv: kv, log: log, partitions: cfg.Partitions, markerTTL: markerTTL},
+		log:      log,
+		nc:       nc,
+		cfg:      cfg,
+		instance: instance,
+		holder:   holder,
+		js:       js,
+		kv:       kv,
+		store: &store{kv: kv, log: log, partitions: cfg.Partitions, markerTTL: markerTTL,
+			last: func(ctx context.Context, key string) (*jetstream.RawStreamMsg, error) {
+				return natsx.LastMsg(ctx, nc, "KV_"+cfg.Bucket, "$KV."+cfg.Bucket+"."+key)
+			}},
 		notify:    client.New(nc),
 		sem:       make(chan struct{}, maxInFlight),
 		removals:  newRetryQueue[removal](),

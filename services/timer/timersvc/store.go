@@ -133,6 +133,11 @@ type store struct {
 	log        *slog.Logger
 	partitions int
 	markerTTL  time.Duration // 0: plain delete markers
+	// last reads a key's last message from the bucket stream's leader
+	// (nil: through kv, whose gets any replica may answer). A replica may
+	// not show the latest write yet, and a request that finds nothing to
+	// change (a stop of a timer just started) writes nothing.
+	last func(ctx context.Context, key string) (*jetstream.RawStreamMsg, error)
 }
 
 // key is the KV key of a user's timers.
@@ -140,6 +145,19 @@ func (s *store) key(uid string) (string, error) { return userKey(uid, s.partitio
 
 // load returns the user's doc and its revision (0 when absent).
 func (s *store) load(ctx context.Context, key string) (userDoc, uint64, error) {
+	if s.last != nil {
+		m, err := s.last(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return userDoc{Timers: map[string]record{}}, 0, nil
+		case err != nil:
+			return userDoc{}, 0, fmt.Errorf("get %s: %w", key, err)
+		case m.Header.Get("KV-Operation") != "" || m.Header.Get(jetstream.MarkerReasonHeader) != "":
+			// Removed: the next write creates the key anew.
+			return userDoc{Timers: map[string]record{}}, 0, nil
+		}
+		return decodeDoc(s.log, key, m.Data), m.Sequence, nil
+	}
 	e, err := s.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return userDoc{Timers: map[string]record{}}, 0, nil

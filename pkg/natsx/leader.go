@@ -1,0 +1,91 @@
+package natsx
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// LastMsg reads the last message of subj in stream from the stream's leader
+// ($JS.API.STREAM.MSG.GET). Key-value buckets allow direct gets, which any
+// replica answers, and nats.go uses them when a stream allows them: a
+// follower that has not applied the latest write yet answers with the value
+// before it. A read that decides to write nothing (a release of a socket
+// not found, a stop of a timer not found) must see every write already
+// acknowledged, so it reads here. It returns jetstream.ErrMsgNotFound when
+// subj has no message.
+func LastMsg(ctx context.Context, nc *nats.Conn, stream, subj string) (*jetstream.RawStreamMsg, error) {
+	req, err := json.Marshal(struct {
+		LastFor string `json:"last_by_subj"`
+	}{subj})
+	if err != nil {
+		return nil, err
+	}
+	m, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+stream, req)
+	if err != nil {
+		return nil, fmt.Errorf("get last message of %s: %w", subj, err)
+	}
+	var resp struct {
+		Error *struct {
+			Code        int    `json:"code"`
+			ErrCode     int    `json:"err_code"`
+			Description string `json:"description"`
+		} `json:"error"`
+		Message *struct {
+			Subject string    `json:"subject"`
+			Seq     uint64    `json:"seq"`
+			Header  []byte    `json:"hdrs"`
+			Data    []byte    `json:"data"`
+			Time    time.Time `json:"time"`
+		} `json:"message"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return nil, fmt.Errorf("get last message of %s: %w", subj, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.Code == 404:
+		return nil, jetstream.ErrMsgNotFound
+	case resp.Error != nil:
+		return nil, fmt.Errorf("get last message of %s: %d %s", subj, resp.Error.ErrCode, resp.Error.Description)
+	case resp.Message == nil:
+		return nil, fmt.Errorf("get last message of %s: empty response", subj)
+	}
+	hdr, err := parseHeader(resp.Message.Header)
+	if err != nil {
+		return nil, fmt.Errorf("get last message of %s: %w", subj, err)
+	}
+	return &jetstream.RawStreamMsg{
+		Subject:  resp.Message.Subject,
+		Sequence: resp.Message.Seq,
+		Header:   hdr,
+		Data:     resp.Message.Data,
+		Time:     resp.Message.Time,
+	}, nil
+}
+
+// parseHeader decodes a NATS header block ("NATS/1.0\r\nKey: value\r\n\r\n"),
+// keeping the keys' case as nats.go does.
+func parseHeader(b []byte) (nats.Header, error) {
+	h := nats.Header{}
+	if len(b) == 0 {
+		return h, nil
+	}
+	lines := strings.Split(string(bytes.TrimRight(b, "\r\n")), "\r\n")
+	if !strings.HasPrefix(lines[0], "NATS/1.0") {
+		return nil, fmt.Errorf("bad header line %q", lines[0])
+	}
+	for _, l := range lines[1:] {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			return nil, fmt.Errorf("bad header line %q", l)
+		}
+		h[strings.TrimSpace(k)] = append(h[strings.TrimSpace(k)], strings.TrimSpace(v))
+	}
+	return h, nil
+}
