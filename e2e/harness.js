@@ -285,7 +285,7 @@ class Stack {
     this.gatewayPort = this.gatewayPorts.gateway;
     // Each service process serves /metrics, /healthz and /readyz here.
     this.opsPorts = {};
-    for (const s of this.services) this.opsPorts[s] = await freePort();
+    for (const s of this.services.filter((n) => ['gateway', 'auth', 'presence', 'timer'].includes(baseName(n)))) this.opsPorts[s] = await freePort();
     this.url = `http://127.0.0.1:${this.gatewayPort}`;
 
     await this.startNATS();
@@ -481,7 +481,11 @@ class Stack {
   }
 
   serviceEnv(name) {
-    const env = { SB_NATS_URL: this.natsUrl, SB_OPS_LISTEN: this.opsPorts && this.opsPorts[name] ? `127.0.0.1:${this.opsPorts[name]}` : '' };
+    const env = { SB_NATS_URL: this.natsUrl };
+    // Services with an operations listener get their own port (or none).
+    if (['gateway', 'auth', 'presence', 'timer'].includes(baseName(name))) {
+      env.SB_OPS_LISTEN = this.opsPorts && this.opsPorts[name] ? `127.0.0.1:${this.opsPorts[name]}` : '';
+    }
     if (this.natsConfig) {
       const user = this.natsUser(name);
       env.SB_NATS_USER = user;

@@ -134,12 +134,13 @@ func Init(name string, cfg any, logc *LogConfig, args, environ []string, out io.
 // Connect dials NATS as configured (credentials, TLS, the service's inbox
 // prefix), logging connection changes. Close it with Drain.
 // While no server answers it waits (with backoff) until ctx ends.
-func (c NATSConfig) Connect(ctx context.Context, log *slog.Logger, name string) (*nats.Conn, error) {
+// extra options come after the configured ones.
+func (c NATSConfig) Connect(ctx context.Context, log *slog.Logger, name string, extra ...nats.Option) (*nats.Conn, error) {
 	opts, err := c.options(name)
 	if err != nil {
 		return nil, fmt.Errorf("nats: %w", err)
 	}
-	return natsx.Connect(ctx, log, c.URL, name, opts...)
+	return natsx.Connect(ctx, log, c.URL, name, append(opts, extra...)...)
 }
 
 // Drain drains nc, waiting at most the request timeout (5 s when unset).

@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/switchboard-rt/switchboard/pkg/boot"
 	"github.com/switchboard-rt/switchboard/pkg/ops"
 	"github.com/switchboard-rt/switchboard/services/timer/timersvc"
@@ -60,7 +62,10 @@ func load(args, environ []string, out io.Writer) (*slog.Logger, Config, error) {
 // run serves until ctx is done, then stops (releasing the tick lease) and
 // drains.
 func run(ctx context.Context, log *slog.Logger, cfg Config) error {
-	nc, err := cfg.NATS.Connect(ctx, log, timersvc.ServiceName)
+	// No publish is held back while the connection is down: a tick buffered
+	// then would go out after the reconnect, possibly after another
+	// instance took the partition over and sent its own.
+	nc, err := cfg.NATS.Connect(ctx, log, timersvc.ServiceName, nats.ReconnectBufSize(-1))
 	if err != nil {
 		return err
 	}
