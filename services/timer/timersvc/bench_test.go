@@ -45,7 +45,7 @@ func loadAll(tk *ticker, gen uint64, uids []string, dur int, now time.Time) time
 	deadline := start + int64(dur)*1000
 	for _, uid := range uids {
 		doc := userDoc{Timers: map[string]record{"phone": {Dur: dur, Start: start, Deadline: deadline}}}
-		tk.apply(0, gen, uid, &doc, now)
+		tk.apply(0, gen, uid, 0, &doc, now)
 	}
 	return time.UnixMilli(deadline)
 }

@@ -209,11 +209,11 @@ func (s *Service) startPartition(p int, gen uint64) (func(), error) {
 				continue
 			}
 			if e.Operation() != jetstream.KeyValuePut {
-				s.ticker.apply(p, gen, uid, nil, time.Now())
+				s.ticker.apply(p, gen, uid, e.Revision(), nil, time.Now())
 				continue
 			}
 			doc := decodeDoc(s.log, e.Key(), e.Value())
-			s.ticker.apply(p, gen, uid, &doc, time.Now())
+			s.ticker.apply(p, gen, uid, e.Revision(), &doc, time.Now())
 		}
 		select {
 		case s.coord.ended <- partGen{p, gen}:

@@ -60,6 +60,11 @@ type part struct {
 	// done holds timers that reached their edge but may still be in KV
 	// (start by device by user), so a stale watch update cannot revive them.
 	done map[string]map[string]int64
+	// revs is the KV revision of each user's last applied update: a watch
+	// made anew (after its NATS node died) may first replay older values
+	// from a replica behind the others, which would remove running timers
+	// and add them again as new (sending their current value twice).
+	revs map[string]uint64
 }
 
 // ticker is this instance's in-memory index of the timers of the partitions
@@ -108,7 +113,7 @@ func (t *ticker) activate(p int, sent int64, until time.Time) uint64 {
 	defer t.mu.Unlock()
 	t.gen++
 	t.dropLocked(p)
-	t.parts[p] = &part{gen: t.gen, until: until, sent: sent, users: map[string]map[string]*tstate{}, done: map[string]map[string]int64{}}
+	t.parts[p] = &part{gen: t.gen, until: until, sent: sent, users: map[string]map[string]*tstate{}, done: map[string]map[string]int64{}, revs: map[string]uint64{}}
 	return t.gen
 }
 
@@ -180,8 +185,10 @@ func (t *ticker) owned() ([]int, int) {
 // apply brings the index of uid (in partition p, term gen) in line with doc,
 // the user's value in KV (nil when the key was removed). New and replaced
 // timers send their current tick at once, unless the previous holder sent
-// it; removed ones stop.
-func (t *ticker) apply(p int, gen uint64, uid string, doc *userDoc, now time.Time) {
+// it; removed ones stop. rev is the update's KV revision (0: unknown,
+// always applied); an update not newer than the last applied one of uid is
+// ignored.
+func (t *ticker) apply(p int, gen uint64, uid string, rev uint64, doc *userDoc, now time.Time) {
 	var timers map[string]record
 	if doc != nil {
 		timers = doc.Timers
@@ -191,6 +198,12 @@ func (t *ticker) apply(p int, gen uint64, uid string, doc *userDoc, now time.Tim
 	ps := t.parts[p]
 	if ps == nil || ps.gen != gen {
 		return
+	}
+	if rev != 0 {
+		if rev <= ps.revs[uid] {
+			return
+		}
+		ps.revs[uid] = rev
 	}
 	devs := ps.users[uid]
 	for dev, st := range devs {

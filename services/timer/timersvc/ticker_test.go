@@ -1,0 +1,65 @@
+package timersvc
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// capture records what a ticker publishes.
+type capture struct {
+	mu   sync.Mutex
+	msgs []*nats.Msg
+}
+
+func (c *capture) PublishMsg(m *nats.Msg) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.msgs = append(c.msgs, m)
+	return nil
+}
+
+func (c *capture) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.msgs)
+}
+
+var _ msgPublisher = (*capture)(nil)
+
+// A watch made anew may replay a user's older values before the current
+// one: an update not newer than the last applied is ignored, so a running
+// timer is neither removed nor added again (which would send its current
+// value a second time).
+func TestStaleUpdateIgnored(t *testing.T) {
+	pub := &capture{}
+	tk := newTicker(testLog(t), pub, 1, 0, func(edge) {})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go tk.sched.Run(ctx)
+	gen := tk.activate(0, 0, time.Now().Add(time.Hour))
+	now := time.Now()
+	rec := record{Dur: 60, Start: now.UnixMilli(), Deadline: now.UnixMilli() + 60_000}
+	doc := userDoc{Timers: map[string]record{"phone": rec}}
+	tk.apply(0, gen, "alice", 5, &doc, now)
+	waitFor(t, time.Second, "first tick", func() bool { return pub.count() == 1 })
+
+	// The replay: the key before the timer existed, then the current value.
+	tk.apply(0, gen, "alice", 3, nil, time.Now())
+	tk.apply(0, gen, "alice", 5, &doc, time.Now())
+	if _, ok := tk.current("alice", "phone"); !ok {
+		t.Fatal("a stale update removed the running timer")
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := pub.count(); n != 1 {
+		t.Fatalf("%d ticks sent, want the first one only", n)
+	}
+	// A newer update applies.
+	tk.apply(0, gen, "alice", 6, nil, time.Now())
+	if _, ok := tk.current("alice", "phone"); ok {
+		t.Fatal("the removal was not applied")
+	}
+}
