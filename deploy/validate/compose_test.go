@@ -239,23 +239,11 @@ func TestComposeServiceSettings(t *testing.T) {
 			if _, err := os.Stat(bin); err != nil {
 				t.Fatalf("%s: run make build first", bin)
 			}
-			args := append([]string{"health"}, s.Command...)
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, bin, args...)
-			cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+			var envList []string
 			for k, v := range env {
-				cmd.Env = append(cmd.Env, k+"="+v)
+				envList = append(envList, k+"="+v)
 			}
-			// Nothing listens in the test: point the probe at a closed port.
-			cmd.Env = append(cmd.Env, "SB_OPS_LISTEN=127.0.0.1:1")
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			err := cmd.Run()
-			var ee *exec.ExitError
-			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
-				t.Fatalf("%s health: %v, want exit 1 (not answering); stderr: %s", svc.bin, err, stderr.String())
-			}
+			checkSettings(t, bin, envList, s.Command)
 		})
 	}
 }
@@ -316,4 +304,25 @@ func natsUsers(t *testing.T) map[string]bool {
 		t.Fatalf("found users %v in nats-server.conf", users)
 	}
 	return users
+}
+
+// checkSettings runs `<bin> health args...` with env (the settings a
+// deployment gives a container): it must fail only because nothing answers
+// (exit 1), never on a configuration error (exit 2, an unknown or invalid
+// setting).
+func checkSettings(t *testing.T, bin string, env, args []string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append([]string{"health"}, args...)...)
+	// Nothing listens in the test: the probe goes to a closed port.
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	cmd.Env = append(cmd.Env, "SB_OPS_LISTEN=127.0.0.1:1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("%s health: %v, want exit 1 (not answering); stderr: %s", filepath.Base(bin), err, stderr.String())
+	}
 }

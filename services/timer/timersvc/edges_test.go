@@ -268,3 +268,35 @@ func TestReplacedAfterDeadlineStillEnds(t *testing.T) {
 		})
 	}
 }
+
+// A timer event waits (retrying, a few seconds at most) for a stream that
+// does not answer, as during a leader election, instead of being lost.
+func TestEventsWaitForTheStream(t *testing.T) {
+	e := newEnv(t)
+	cfg := testConfig()
+	e.startLeader(t, cfg)
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := js.DeleteStream(ctx, cfg.EventsStream); err != nil {
+		t.Fatal(err)
+	}
+	back := time.AfterFunc(700*time.Millisecond, func() {
+		if err := Provision(ctx, e.nc, cfg); err != nil {
+			t.Errorf("provision: %v", err)
+		}
+	})
+	defer back.Stop()
+	w := who{"bob", "tab", ""}
+	e.startTimer(t, w, 30)
+	waitFor(t, 5*time.Second, "the stream back", func() bool {
+		_, err := js.Stream(ctx, cfg.EventsStream)
+		return err == nil
+	})
+	evs := e.events(t, cfg, 1)
+	if evs[0].Reason != "started/" || evs[0].DeviceID != w.dev {
+		t.Fatalf("event %+v, want the start", evs[0])
+	}
+}

@@ -465,7 +465,10 @@ func (s *Service) finish(ctx context.Context, uid, dev string, rec record) {
 	for phase := range phases {
 		m, err := edgeMsg(x, phase)
 		if err == nil {
-			_, err = s.js.PublishMsg(ctx, m)
+			err = natsx.Retry(ctx, eventPatience, func(ctx context.Context) error {
+				_, err := s.js.PublishMsg(ctx, m)
+				return err
+			})
 		}
 		if err != nil {
 			s.log.Warn("end of a removed timer not stored", "user", uid, "device", dev, "err", err)
@@ -474,12 +477,22 @@ func (s *Service) finish(ctx context.Context, uid, dev string, rec record) {
 	}
 }
 
+// eventPatience bounds the retries of one timer event.
+const eventPatience = 3 * time.Second
+
 // publishEvent stores a timer event for backend services. A failure is
 // logged: the client's request succeeded.
+//
+// The stream may not answer for a few seconds (a leader election): the
+// write is retried for up to eventPatience, which the message id makes
+// safe (a repeat is dropped).
 func (s *Service) publishEvent(ctx context.Context, kind, uid, dev string, rec record, reason string) {
 	m, err := timerEventMsg(kind, uid, dev, rec, reason)
 	if err == nil {
-		_, err = s.js.PublishMsg(ctx, m)
+		err = natsx.Retry(ctx, eventPatience, func(ctx context.Context) error {
+			_, err := s.js.PublishMsg(ctx, m)
+			return err
+		})
 	}
 	if err != nil {
 		s.log.Warn("timer event not stored", "kind", kind, "user", uid, "device", dev, "err", err)
