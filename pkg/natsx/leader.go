@@ -52,7 +52,9 @@ func LastMsg(ctx context.Context, nc *nats.Conn, stream, subj string) (*jetstrea
 	case resp.Error != nil && resp.Error.Code == 404:
 		return nil, jetstream.ErrMsgNotFound
 	case resp.Error != nil:
-		return nil, fmt.Errorf("get last message of %s: %d %s", subj, resp.Error.ErrCode, resp.Error.Description)
+		return nil, fmt.Errorf("get last message of %s: %w", subj, &jetstream.APIError{
+			Code: resp.Error.Code, ErrorCode: jetstream.ErrorCode(resp.Error.ErrCode), Description: resp.Error.Description,
+		})
 	case resp.Message == nil:
 		return nil, fmt.Errorf("get last message of %s: empty response", subj)
 	}

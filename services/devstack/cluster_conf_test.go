@@ -82,11 +82,19 @@ func TestShippedClusterConfig(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = svc.Stop() })
 	app := connect("gateway")
+	// Admits answer again once the bucket's stream has a leader (an
+	// election takes a few seconds); until then they fail.
 	admit := func(sid string) error {
-		return natsx.Retry(context.Background(), 20*time.Second, func(ctx context.Context) error {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			_, err := natsx.Request[api.AdmitReply](ctx, app, subject.PresenceAdmit, api.AdmitRequest{Conn: api.Conn{SocketID: sid, UserID: "alice", DeviceID: "d", Gateway: "g1", CreatedAt: time.Now()}})
-			return err
-		})
+			cancel()
+			if err == nil || natsx.CodeOf(err) == api.CodeTooMany || time.Now().After(deadline) {
+				return err
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 	}
 	if err := admit("s1"); err != nil {
 		t.Fatalf("admit: %v", err)
