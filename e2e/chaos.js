@@ -90,7 +90,12 @@ class Chaos {
       }
     }
     this.loops = [];
-    for (const user of this.users) for (const dev of user.devices) this.loops.push(this.deviceLoop(dev));
+    for (const user of this.users) {
+      for (const dev of user.devices) {
+        this.loops.push(this.deviceLoop(dev));
+        if (dev.timers) this.loops.push(this.timerLoop(dev));
+      }
+    }
     this.loops.push(this.notifyLoop());
     this.driver = this.driveLoop();
     this.o.log(`t0 ${new Date(this.t0).toISOString()}`);
@@ -468,10 +473,7 @@ class Chaos {
 async function runChaos(st, opts) {
   const c = new Chaos(st, opts);
   await c.start();
-  const timerLoops = [];
-  for (const user of c.users) for (const dev of user.devices) if (dev.timers) timerLoops.push(c.timerLoop(dev));
   await c.finish();
-  await Promise.all(timerLoops);
   return { violations: c.violations, summary: c.summary() };
 }
 

@@ -28,6 +28,8 @@ const SERVICES = ['auth', 'presence', 'timer', 'gateway'];
 const isGateway = (name) => /^gateway\d*$/.test(name);
 // The binary (and NATS user) of a process name: gateway2 runs bin/gateway.
 const baseName = (name) => name.replace(/\d+$/, '');
+// The binaries with an operations listener (/metrics, /healthz, /readyz).
+const hasOps = (name) => ['gateway', 'auth', 'presence', 'timer'].includes(baseName(name));
 const ISSUER = 'switchboard-e2e';
 const AUDIENCE = 'switchboard';
 const LOG_LEVEL = process.env.E2E_LOG_LEVEL || 'info';
@@ -295,7 +297,7 @@ class Stack {
     this.gatewayPort = this.gatewayPorts.gateway;
     // Each service process serves /metrics, /healthz and /readyz here.
     this.opsPorts = {};
-    for (const s of this.services.filter((n) => ['gateway', 'auth', 'presence', 'timer'].includes(baseName(n)))) this.opsPorts[s] = await freePort();
+    for (const s of this.services.filter(hasOps)) this.opsPorts[s] = await freePort();
     this.url = `http://127.0.0.1:${this.gatewayPort}`;
 
     await this.startNATS();
@@ -493,7 +495,7 @@ class Stack {
   serviceEnv(name) {
     const env = { SB_NATS_URL: this.natsUrl };
     // Services with an operations listener get their own port (or none).
-    if (['gateway', 'auth', 'presence', 'timer'].includes(baseName(name))) {
+    if (hasOps(name)) {
       env.SB_OPS_LISTEN = this.opsPorts && this.opsPorts[name] ? `127.0.0.1:${this.opsPorts[name]}` : '';
     }
     if (this.natsConfig) {

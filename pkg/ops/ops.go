@@ -53,18 +53,15 @@ func NATSConnected(nc *nats.Conn) Check {
 	}}
 }
 
-// KVReachable holds while the bucket answers a status request.
+// KVReachable holds while the bucket's stream answers (looking the bucket
+// up asks the stream for its info).
 func KVReachable(nc *nats.Conn, bucket string) Check {
 	return Check{Name: "kv " + bucket, Fn: func(ctx context.Context) error {
 		js, err := jetstream.New(nc)
 		if err != nil {
 			return fmt.Errorf("jetstream: %w", err)
 		}
-		kv, err := js.KeyValue(ctx, bucket)
-		if err != nil {
-			return fmt.Errorf("kv %s: %w", bucket, err)
-		}
-		if _, err := kv.Status(ctx); err != nil {
+		if _, err := js.KeyValue(ctx, bucket); err != nil {
 			return fmt.Errorf("kv %s: %w", bucket, err)
 		}
 		return nil

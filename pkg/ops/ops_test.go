@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchboard-rt/switchboard/pkg/natstest"
@@ -83,9 +84,16 @@ func TestSlowCheckTimesOut(t *testing.T) {
 func TestNATSAndKVChecks(t *testing.T) {
 	srv := natstest.Run(t)
 	nc := srv.Conn(t)
-	s := start(t, ops.NewRegistry(), ops.NATSConnected(nc), ops.KVReachable(nc, "absent"))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "present"}); err != nil {
+		t.Fatal(err)
+	}
+	s := start(t, ops.NewRegistry(), ops.NATSConnected(nc), ops.KVReachable(nc, "absent"), ops.KVReachable(nc, "present"))
 	failed := s.Ready(context.Background())
-	if _, ok := failed["nats"]; ok || failed["kv absent"] == "" {
+	if _, ok := failed["nats"]; ok || failed["kv absent"] == "" || failed["kv present"] != "" {
 		t.Fatalf("failed %v: want only the missing bucket", failed)
 	}
 	srv.Down()

@@ -212,7 +212,6 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(cfg.Path, g.serveEngine)
-	mux.HandleFunc("/healthz", g.serveHealth)
 	g.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: cfg.IdleTimeout, MaxHeaderBytes: cfg.MaxHeaderBytes}
 	g.goRun(func() {
 		if err := g.srv.Serve(g.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -369,14 +368,6 @@ func (g *Gateway) addService() error {
 func (g *Gateway) Status() api.GatewayStatus {
 	n, _ := g.hub.summary()
 	return api.GatewayStatus{ID: g.id, Engines: g.hub.engineCount(), Connections: n}
-}
-
-func (g *Gateway) serveHealth(w http.ResponseWriter, _ *http.Request) {
-	if !g.nc.IsConnected() {
-		http.Error(w, "nats disconnected", http.StatusServiceUnavailable)
-		return
-	}
-	_, _ = w.Write([]byte("ok\n"))
 }
 
 // Engine.IO handshake errors (as the reference server sends them).

@@ -290,20 +290,19 @@ func (g *Gateway) deliver(m *nats.Msg, to []*socket) {
 		}
 		args = list
 	}
+	if m.Reply != "" && !subject.IsInbox(m.Reply) {
+		// A client's ack is published only to a reply inbox, never to a
+		// subject the requester chose otherwise.
+		g.log.Warn("delivery asking an ack on a reply subject that is not an inbox dropped", "subject", m.Subject, "reply", m.Reply)
+		return
+	}
+	g.metrics.out.Add(float64(len(to)))
 	if m.Reply != "" {
-		if !subject.IsInbox(m.Reply) {
-			// A client's ack is published only to a reply inbox, never to
-			// a subject the requester chose otherwise.
-			g.log.Warn("delivery asking an ack on a reply subject that is not an inbox dropped", "subject", m.Subject, "reply", m.Reply)
-			return
-		}
-		g.metrics.out.Add(float64(len(to)))
 		for _, s := range to {
 			s.emitWithAck(name, args, m.Reply)
 		}
 		return
 	}
-	g.metrics.out.Add(float64(len(to)))
 	payload := socketio.EventPayload(name, args...)
 	var byNS map[string][]engineio.Packet
 	for _, s := range to {

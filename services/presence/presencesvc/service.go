@@ -101,8 +101,7 @@ type Service struct {
 	nc        *nats.Conn
 	cfg       Config
 	kv        jetstream.KeyValue
-	stream    jetstream.Stream // the bucket's stream, for reads that see delete markers
-	kvPrefix  string           // subject prefix of the bucket's keys
+	kvPrefix  string // subject prefix of the bucket's keys
 	markerTTL time.Duration
 	client    *client.Client
 	svc       micro.Service
@@ -140,17 +139,12 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 	if err != nil {
 		return nil, err
 	}
-	stream, err := js.Stream(ctx, "KV_"+cfg.Bucket)
-	if err != nil {
-		return nil, fmt.Errorf("open stream of bucket %s: %w", cfg.Bucket, err)
-	}
 	sctx, cancel := context.WithCancel(context.Background())
 	s := &Service{
 		log:       log,
 		nc:        nc,
 		cfg:       cfg,
 		kv:        kv,
-		stream:    stream,
 		kvPrefix:  "$KV." + cfg.Bucket + ".",
 		markerTTL: mttl,
 		client:    client.New(nc),

@@ -1,8 +1,6 @@
 package timersvc
 
 import (
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
@@ -37,18 +35,16 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	parts, n := c.s.ticker.owned()
-	ticks, hist, sum := c.s.ticker.tickStats()
-	members := len(c.s.coord.live(c.s.coord.view(), time.Now()))
-	ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(n))
-	ch <- prometheus.MustNewConstMetric(c.partitions, prometheus.GaugeValue, float64(len(parts)))
-	ch <- prometheus.MustNewConstMetric(c.members, prometheus.GaugeValue, float64(members))
-	ch <- prometheus.MustNewConstMetric(c.ticks, prometheus.CounterValue, float64(ticks))
+	st, sum := c.s.status()
+	ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(st.Timers))
+	ch <- prometheus.MustNewConstMetric(c.partitions, prometheus.GaugeValue, float64(len(st.Partitions)))
+	ch <- prometheus.MustNewConstMetric(c.members, prometheus.GaugeValue, float64(st.Members))
+	ch <- prometheus.MustNewConstMetric(c.ticks, prometheus.CounterValue, float64(st.Ticks))
 	buckets := make(map[float64]uint64, len(api.TickLatenessBounds))
 	var cum uint64
 	for i, b := range api.TickLatenessBounds {
-		cum += hist[i]
+		cum += st.TickLateness[i]
 		buckets[b.Seconds()] = cum
 	}
-	ch <- prometheus.MustNewConstHistogram(c.lateness, ticks, sum.Seconds(), buckets)
+	ch <- prometheus.MustNewConstHistogram(c.lateness, st.Ticks, sum.Seconds(), buckets)
 }

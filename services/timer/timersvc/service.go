@@ -172,8 +172,14 @@ func (s *Service) Instance() string { return s.instance }
 
 // Status reports the partitions this instance drives.
 func (s *Service) Status() api.TimerStatus {
+	st, _ := s.status()
+	return st
+}
+
+// status is Status and the sum of the ticks' lateness (for the metrics).
+func (s *Service) status() (api.TimerStatus, time.Duration) {
 	parts, n := s.ticker.owned()
-	ticks, late, _ := s.ticker.tickStats()
+	ticks, late, lateSum := s.ticker.tickStats()
 	return api.TimerStatus{
 		Instance:     s.instance,
 		Holder:       s.holder,
@@ -182,7 +188,7 @@ func (s *Service) Status() api.TimerStatus {
 		Members:      len(s.coord.live(s.coord.view(), time.Now())),
 		Ticks:        ticks,
 		TickLateness: late,
-	}
+	}, lateSum
 }
 
 // startPartition watches partition p's timers into the ticker (term gen).
@@ -465,10 +471,7 @@ func (s *Service) finish(ctx context.Context, uid, dev string, rec record) {
 	for phase := range phases {
 		m, err := edgeMsg(x, phase)
 		if err == nil {
-			err = natsx.Retry(ctx, eventPatience, func(ctx context.Context) error {
-				_, err := s.js.PublishMsg(ctx, m)
-				return err
-			})
+			err = s.storeMsg(ctx, m)
 		}
 		if err != nil {
 			s.log.Warn("end of a removed timer not stored", "user", uid, "device", dev, "err", err)
@@ -480,19 +483,23 @@ func (s *Service) finish(ctx context.Context, uid, dev string, rec record) {
 // eventPatience bounds the retries of one timer event.
 const eventPatience = 3 * time.Second
 
+// storeMsg stores m in the events stream, retrying for up to eventPatience
+// while the stream does not answer; m's message id makes a repeat harmless.
+func (s *Service) storeMsg(ctx context.Context, m *nats.Msg) error {
+	return natsx.Retry(ctx, eventPatience, func(ctx context.Context) error {
+		_, err := s.js.PublishMsg(ctx, m)
+		return err
+	})
+}
+
 // publishEvent stores a timer event for backend services. A failure is
 // logged: the client's request succeeded.
-//
-// The stream may not answer for a few seconds (a leader election): the
-// write is retried for up to eventPatience, which the message id makes
-// safe (a repeat is dropped).
+// The stream may not answer for a few seconds (a leader election):
+// storeMsg retries.
 func (s *Service) publishEvent(ctx context.Context, kind, uid, dev string, rec record, reason string) {
 	m, err := timerEventMsg(kind, uid, dev, rec, reason)
 	if err == nil {
-		err = natsx.Retry(ctx, eventPatience, func(ctx context.Context) error {
-			_, err := s.js.PublishMsg(ctx, m)
-			return err
-		})
+		err = s.storeMsg(ctx, m)
 	}
 	if err != nil {
 		s.log.Warn("timer event not stored", "kind", kind, "user", uid, "device", dev, "err", err)
