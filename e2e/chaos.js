@@ -184,9 +184,11 @@ class Chaos {
     if (user.connected.size >= this.o.limit || !user.belowSince) return;
     // While presence or the bucket is unavailable (its NATS node or stream
     // leader died, an instance is restarting), releases wait and retry:
-    // the clock starts once they are back.
+    // the clock starts once they are back. Releases still waiting in a
+    // gateway that dies are done by presence's purge of that gateway,
+    // gateway_ttl after its death: the clock starts again there too.
     const now = this.at();
-    const outage = this.kills.filter((k) => ['nats', 'leader', 'presence'].includes(k.kind) && k.at < now).map((k) => k.back || now);
+    const outage = this.kills.filter((k) => ['nats', 'leader', 'presence', 'gateway'].includes(k.kind) && k.at < now).map((k) => k.back || now);
     const since = Math.max(user.belowSince, ...outage.filter((b) => b > user.belowSince));
     const below = now - since;
     if (below > this.o.gatewayTTL + 5000) {
