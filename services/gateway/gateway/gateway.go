@@ -747,17 +747,31 @@ func (g *Gateway) retryReleases(ctx context.Context) {
 		pending = append(pending, r)
 	}
 	g.relMu.Unlock()
+	// Side by side, and each given at most two heartbeats, so that a release
+	// left hanging by an outage holds back neither the others nor the next
+	// round once presence answers again.
+	timeout := min(g.cfg.RequestTimeout, max(2*g.cfg.HeartbeatInterval, time.Second))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, releaseParallel)
 	for _, r := range pending {
-		rctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
-		_, err := natsx.Request[api.ReleaseReply](rctx, g.nc, subject.PresenceRelease, r)
-		cancel()
-		if err == nil {
-			g.relMu.Lock()
-			delete(g.releases, r.SocketID)
-			g.relMu.Unlock()
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			rctx, cancel := context.WithTimeout(ctx, timeout)
+			_, err := natsx.Request[api.ReleaseReply](rctx, g.nc, subject.PresenceRelease, r)
+			cancel()
+			if err == nil {
+				g.relMu.Lock()
+				delete(g.releases, r.SocketID)
+				g.relMu.Unlock()
+			}
+		})
 	}
+	wg.Wait()
 }
+
+// releaseParallel bounds the release retries in flight at once.
+const releaseParallel = 32
 
 // readmit re-registers every local socket with presence after a NATS
 // reconnect: while this gateway was cut off, presence may have purged its
