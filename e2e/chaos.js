@@ -191,7 +191,9 @@ class Chaos {
     const outage = this.kills.filter((k) => ['nats', 'leader', 'presence', 'gateway'].includes(k.kind) && k.at < now).map((k) => k.back || now);
     const since = Math.max(user.belowSince, ...outage.filter((b) => b > user.belowSince));
     const below = now - since;
-    if (below > this.o.gatewayTTL + 5000) {
+    // gateway_ttl plus a few seconds: a release retry round (two
+    // heartbeats) and presence's own recovery after an election.
+    if (below > this.o.gatewayTTL + 8000) {
       this.violate('slot', user.id, `${who} refused with ${user.connected.size} sockets open for ${below} ms (limit ${this.o.limit}): a dead socket's slot was not freed`);
     }
   }
