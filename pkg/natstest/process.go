@@ -105,20 +105,26 @@ func FreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// RunCluster starts n server processes that form one cluster and waits
-// until JetStream answers; they are killed at cleanup.
+// RunCluster starts n server processes that form one cluster (for n = 1,
+// a single server) and waits until JetStream answers; they are killed at
+// cleanup.
 func RunCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t}
 	routes := make([]string, n)
 	for i := range n {
 		c.nodes = append(c.nodes, &node{opts: childOpts{
-			Name: fmt.Sprintf("n%d", i+1), Port: FreePort(t), StoreDir: t.TempDir(), ClusterPort: FreePort(t),
+			Name: fmt.Sprintf("n%d", i+1), Port: FreePort(t), StoreDir: t.TempDir(),
 		}})
-		routes[i] = fmt.Sprintf("nats-route://127.0.0.1:%d", c.nodes[i].opts.ClusterPort)
+		if n > 1 {
+			c.nodes[i].opts.ClusterPort = FreePort(t)
+			routes[i] = fmt.Sprintf("nats-route://127.0.0.1:%d", c.nodes[i].opts.ClusterPort)
+		}
 	}
 	for _, nd := range c.nodes {
-		nd.opts.Routes = routes
+		if n > 1 {
+			nd.opts.Routes = routes
+		}
 		c.start(nd)
 	}
 	t.Cleanup(func() {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -30,6 +31,8 @@ type Config struct {
 	Listen string `koanf:"listen"`
 	// CheckTimeout bounds each readiness check.
 	CheckTimeout time.Duration `koanf:"check_timeout"`
+	// Pprof serves Go's profiles under /debug/pprof/ as well.
+	Pprof bool `koanf:"pprof"`
 }
 
 // DefaultConfig serves on listen.
@@ -105,6 +108,14 @@ func Start(log *slog.Logger, cfg Config, reg prometheus.Gatherer, checks ...Chec
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeStatus(w, http.StatusOK, nil) })
 	mux.HandleFunc("/readyz", s.serveReady)
+	if cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	// No WriteTimeout: a CPU profile or trace streams for its whole length.
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 8 << 10}
 	go func() {
 		defer close(s.done)

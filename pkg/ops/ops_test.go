@@ -161,3 +161,27 @@ func TestProbeAddr(t *testing.T) {
 		t.Error("probe of a closed port succeeded")
 	}
 }
+
+// Profiles are served only when asked for.
+func TestPprof(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		t.Run(fmt.Sprint(on), func(t *testing.T) {
+			cfg := ops.DefaultConfig("127.0.0.1:0")
+			cfg.Pprof = on
+			s, err := ops.Start(slog.New(slog.DiscardHandler), cfg, ops.NewRegistry())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = s.Stop(context.Background()) })
+			want := 404
+			if on {
+				want = 200
+			}
+			for _, path := range []string{"/debug/pprof/", "/debug/pprof/goroutine?debug=1", "/debug/pprof/heap"} {
+				if got := opstest.Status(s.Addr().String(), path); got != want {
+					t.Errorf("%s: %d, want %d", path, got, want)
+				}
+			}
+		})
+	}
+}

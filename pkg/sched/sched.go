@@ -138,10 +138,14 @@ func (s *Scheduler[K]) wakeAt(at time.Time) time.Time {
 func (s *Scheduler[K]) Set(key K, at time.Time) {
 	s.mu.Lock()
 	e, ok := s.idx[key]
-	if ok {
+	switch {
+	case ok && e.i >= 0:
 		e.at = at
 		s.h.fix(e.i)
-	} else {
+	case ok: // firing now: set again from its own fire, typically
+		e.at = at
+		s.h.push(e)
+	default:
 		e = &entry[K]{key: key, at: at}
 		s.h.push(e)
 		s.idx[key] = e
@@ -161,8 +165,11 @@ func (s *Scheduler[K]) Cancel(key K) bool {
 	if !ok {
 		return false
 	}
-	s.h.remove(e.i)
 	delete(s.idx, key)
+	if e.i < 0 {
+		return false // firing now, no deadline left
+	}
+	s.h.remove(e.i)
 	return true
 }
 
@@ -171,7 +178,7 @@ func (s *Scheduler[K]) Due(key K) (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.idx[key]
-	if !ok {
+	if !ok || e.i < 0 {
 		return time.Time{}, false
 	}
 	return e.at, true
@@ -192,8 +199,8 @@ func (s *Scheduler[K]) poke() {
 }
 
 type fired[K comparable] struct {
-	key K
-	at  time.Time
+	e  *entry[K]
+	at time.Time
 }
 
 // Run serves deadlines until ctx ends.
@@ -205,10 +212,11 @@ func (s *Scheduler[K]) Run(ctx context.Context) {
 		now := time.Now()
 		due = due[:0]
 		s.mu.Lock()
+		// A fired entry stays in the index, out of the heap (i < 0), so
+		// that setting it again from fire, as ticks do, reuses it.
 		for len(s.h) > 0 && !s.h[0].e.at.After(now) {
 			e := s.h.remove(0)
-			delete(s.idx, e.key)
-			due = append(due, fired[K]{e.key, e.at})
+			due = append(due, fired[K]{e, e.at})
 		}
 		wait := time.Hour
 		if len(s.h) > 0 {
@@ -216,9 +224,16 @@ func (s *Scheduler[K]) Run(ctx context.Context) {
 		}
 		s.mu.Unlock()
 		for _, f := range due {
-			s.fire(f.key, f.at)
+			s.fire(f.e.key, f.at)
 		}
 		if len(due) > 0 {
+			s.mu.Lock()
+			for _, f := range due {
+				if f.e.i < 0 && s.idx[f.e.key] == f.e {
+					delete(s.idx, f.e.key) // not set again
+				}
+			}
+			s.mu.Unlock()
 			continue // fire may have scheduled something already due
 		}
 		t.Reset(wait)

@@ -435,3 +435,83 @@ func TestBatchedFiresOnGrain(t *testing.T) {
 		t.Fatal("a due key did not fire")
 	}
 }
+
+// While its fire runs a key has no deadline: Due and Cancel say so, a key
+// not set again leaves the index, and one set again fires again.
+func TestFiringKeyHasNoDeadline(t *testing.T) {
+	var s *Scheduler[string]
+	type seen struct {
+		due       bool
+		cancelled bool
+	}
+	got := make(chan seen, 4)
+	s = New(func(k string, _ time.Time) {
+		_, due := s.Due(k)
+		got <- seen{due, k == "c" && s.Cancel(k)}
+		if k == "a" {
+			s.Set(k, time.Now().Add(time.Hour))
+		}
+	})
+	start(t, s)
+	now := time.Now()
+	s.Set("a", now)
+	s.Set("b", now)
+	s.Set("c", now)
+	for range 3 {
+		select {
+		case x := <-got:
+			if x.due || x.cancelled {
+				t.Fatalf("firing key: due %v, cancelled %v", x.due, x.cancelled)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("nothing fired")
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		n := len(s.idx)
+		s.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d keys indexed, want a only", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, ok := s.Due("a"); !ok || s.Len() != 1 {
+		t.Fatalf("a set again from its fire: due %v, len %d", ok, s.Len())
+	}
+	if _, ok := s.Due("b"); ok {
+		t.Fatal("b still has a deadline")
+	}
+}
+
+// A periodic key set again from its own fire reuses its entry.
+func BenchmarkRefire(b *testing.B) {
+	var (
+		s     *Scheduler[int]
+		fired atomic.Int64
+		done  = make(chan struct{})
+	)
+	const keys = 1000
+	target := int64(b.N)
+	s = New(func(k int, due time.Time) {
+		n := fired.Add(1)
+		if n == target {
+			close(done)
+		}
+		if n <= target-keys {
+			s.Set(k, due)
+		}
+	})
+	start(b, s)
+	b.ReportAllocs()
+	b.ResetTimer()
+	now := time.Now()
+	for i := range min(keys, b.N) {
+		s.Set(i, now)
+	}
+	<-done
+}

@@ -14,7 +14,8 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
 
-// msgPublisher is the part of *nats.Conn the ticker needs.
+// msgPublisher is the part of *nats.Conn the ticker needs. PublishMsg must
+// not keep m: the ticker reuses it.
 type msgPublisher interface {
 	PublishMsg(m *nats.Msg) error
 }
@@ -78,7 +79,8 @@ type ticker struct {
 	edge   func(edge) // must not block
 
 	mu    sync.Mutex
-	gen   uint64 // bumped on every activation
+	msg   nats.Msg // the tick being sent, reused (the connection copies it)
+	gen   uint64   // bumped on every activation
 	parts map[int]*part
 	// Since start: ticks sent, and how late (api.TickLatenessBounds).
 	ticks    uint64
@@ -101,6 +103,7 @@ var tickHeader = nats.Header{api.HeaderEvent: []string{api.EventTick}}
 // on multiples of batch (0: at every due time).
 func newTicker(log *slog.Logger, pub msgPublisher, partitions int, batch time.Duration, edge func(edge)) *ticker {
 	t := &ticker{log: log, pub: pub, nparts: partitions, edge: edge, parts: map[int]*part{}, lateHist: make([]uint64, len(api.TickLatenessBounds)+1)}
+	t.msg.Header = tickHeader
 	t.sched = sched.NewBatched(batch, t.fire)
 	return t
 }
@@ -293,7 +296,8 @@ func (t *ticker) fire(st *tstate, due time.Time) {
 	// missed ticks are skipped rather than sent in a burst.
 	r := min(st.next, st.rec.remaining(now.UnixMilli()))
 	if r > 0 {
-		t.publish(&nats.Msg{Subject: st.subj, Header: tickHeader, Data: tickPayload(r)})
+		t.msg.Subject, t.msg.Data = st.subj, appendTickPayload(t.msg.Data[:0], r)
+		t.publish(&t.msg)
 		t.countTick(now.Sub(due))
 		st.next = r - 1
 		t.sched.Set(st, time.UnixMilli(st.rec.Deadline-int64(st.next)*1000))
@@ -374,8 +378,10 @@ func (t *ticker) report() {
 }
 
 // tickPayload is {"timer":r}.
-func tickPayload(r int) []byte {
-	b := make([]byte, 0, 24)
+func tickPayload(r int) []byte { return appendTickPayload(make([]byte, 0, 24), r) }
+
+// appendTickPayload appends {"timer":r} to b.
+func appendTickPayload(b []byte, r int) []byte {
 	b = append(b, `{"timer":`...)
 	b = strconv.AppendInt(b, int64(r), 10)
 	return append(b, '}')

@@ -1,6 +1,7 @@
 package timersvc
 
 import (
+	"bytes"
 	"context"
 	"sync"
 	"testing"
@@ -18,7 +19,8 @@ type capture struct {
 func (c *capture) PublishMsg(m *nats.Msg) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.msgs = append(c.msgs, m)
+	// The ticker reuses m: keep a copy.
+	c.msgs = append(c.msgs, &nats.Msg{Subject: m.Subject, Header: m.Header, Data: bytes.Clone(m.Data)})
 	return nil
 }
 
