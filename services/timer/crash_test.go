@@ -221,10 +221,6 @@ type recv struct {
 type recorder struct {
 	mu  sync.Mutex
 	got map[string][]recv
-	// repeats counts a value sent again (never a wrong one) inside a
-	// failure window instead of failing: see TestNATSNodeKill.
-	allowRepeats bool
-	repeats      int
 }
 
 func (c *cluster) record() *recorder {
@@ -384,10 +380,6 @@ func (r *recorder) check(t *testing.T, devs []*device, windows []window) int {
 			if x.event != api.EventTick {
 				fail("%s before the end", x.event)
 				break
-			}
-			if x.value == prev && x.value > 0 && r.allowRepeats && inWindow(x.at) {
-				r.repeats++
-				continue
 			}
 			if x.value >= prev {
 				fail("tick %d after %d", x.value, prev)

@@ -396,7 +396,30 @@ func TestStalledWatchesRestart(t *testing.T) {
 	if deleted == 0 {
 		t.Fatal("no watch consumer to delete")
 	}
-	time.Sleep(3 * time.Second) // the instance notices within stallAfter (2 s)
+	// The watches are made anew within the same terms: no lease is
+	// released (the old watches ending is not their partition's end).
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases, err := kv.Watch(ctx, leaseKey(0)[:len(leaseKeyPrefix)]+"*", jetstream.UpdatesOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = leases.Stop() }()
+	time.Sleep(4 * time.Second) // the instance notices within stallAfter (2 s)
+	for {
+		select {
+		case e := <-leases.Updates():
+			var d leaseDoc
+			if e != nil && json.Unmarshal(e.Value(), &d) == nil && d.Holder == "" {
+				t.Fatalf("%s released after its watch was made anew", e.Key())
+			}
+			continue
+		default:
+		}
+		break
+	}
 	w := who{"bob", "phone", "s2"}
 	in := e.listenDevice(t, w.uid, w.dev)
 	e.startTimer(t, w, 5)

@@ -221,6 +221,9 @@ func (s *Service) startPartition(p int, gen uint64) (func(), error) {
 			doc := decodeDoc(s.log, e.Key(), e.Value())
 			s.ticker.apply(p, gen, uid, e.Revision(), &doc, time.Now())
 		}
+		if ctx.Err() != nil {
+			return // stopped: replaced by a new watch, or the term ended
+		}
 		select {
 		case s.coord.ended <- partGen{p, gen}:
 		case <-ctx.Done():

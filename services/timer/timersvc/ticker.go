@@ -56,7 +56,9 @@ type part struct {
 	// only later). Extended by each renewal.
 	until time.Time
 	sent  int64 // ticks due up to here (Unix ms) were sent by the previous holder
-	fired int64 // every tick due up to here (Unix ms) was sent in this term
+	// fired: every tick due up to here (Unix ms) was sent in this term, or
+	// skipped by a tick that fired more than a second late.
+	fired int64
 	users map[string]map[string]*tstate
 	// done holds timers that reached their edge but may still be in KV
 	// (start by device by user), so a stale watch update cannot revive them.
@@ -296,6 +298,9 @@ func (t *ticker) fire(st *tstate, due time.Time) {
 	// missed ticks are skipped rather than sent in a burst.
 	r := min(st.next, st.rec.remaining(now.UnixMilli()))
 	if r > 0 {
+		// A late tick sends a later value than the one due: the next
+		// holder must not send it again.
+		ps.fired = max(ps.fired, st.rec.Deadline-int64(r)*1000)
 		t.msg.Subject, t.msg.Data = st.subj, appendTickPayload(t.msg.Data[:0], r)
 		t.publish(&t.msg)
 		t.countTick(now.Sub(due))

@@ -65,3 +65,34 @@ func TestStaleUpdateIgnored(t *testing.T) {
 		t.Fatal("the removal was not applied")
 	}
 }
+
+// A tick fired more than a second late sends the value current then, whose
+// due time is later than the one scheduled: the term's end reports that
+// later time, so the next holder does not send the same value again.
+func TestLateTickCountsTheValueSent(t *testing.T) {
+	pub := &capture{}
+	old := newTicker(testLog(t), pub, 1, 0, func(edge) {})
+	gen := old.activate(0, 0, time.Now().Add(time.Hour))
+	now := time.Now()
+	start := now.Add(-10300 * time.Millisecond).UnixMilli()
+	rec := record{Dur: 60, Start: start, Deadline: start + 60_000}
+	doc := userDoc{Timers: map[string]record{"phone": rec}}
+	old.apply(0, gen, "alice", 1, &doc, now)
+	// The scheduler (not running here) was to send 51 at its due time; it
+	// fires 1.3 s late, when 50 is current.
+	st := old.parts[0].users["alice"]["phone"]
+	st.next = 51
+	old.fire(st, time.UnixMilli(rec.Deadline-51_000))
+	if n := pub.count(); n != 1 || tickValue(pub.msgs[0].Data) != 50 {
+		t.Fatalf("sent %d ticks, first %q; want one 50", n, pub.msgs[0].Data)
+	}
+	sent := old.deactivate(0)
+
+	next := newTicker(testLog(t), pub, 1, 0, func(edge) {})
+	gen = next.activate(0, sent, time.Now().Add(time.Hour))
+	next.apply(0, gen, "alice", 1, &doc, time.Now())
+	st = next.parts[0].users["alice"]["phone"]
+	if st.next != 49 {
+		t.Fatalf("the next holder goes on with %d, want 49 (50 was sent)", st.next)
+	}
+}
