@@ -13,7 +13,9 @@
 #                     gateways behind a round-robin proxy, 2 auth, 2 presence,
 #                     2 timers (Ctrl-C stops it)
 #   make chaos        the chaos run on that topology for DURATION (default 10m)
-#   make bench        benchmarks of every module
+#   make bench        the load tool's scenarios (short) against a spawned
+#                     development stack, then the benchmarks of every module;
+#                     figures also in bin/bench/
 #   make fuzz         every Fuzz target of pkg for FUZZTIME (default 20s) each
 #   make clean        remove bin/ and the e2e scratch directory
 
@@ -113,11 +115,14 @@ lint:
 	done; \
 	exit $$fail
 
-bench:
+bench: build
+	@mkdir -p $(BIN)/bench
+	@echo "== load tool: every scenario, short, against a spawned development stack"
+	@$(BIN)/devstack bench -spawn -short all | tee $(BIN)/bench/load.txt
 	@for m in $(MODULES); do \
 		echo "== bench $$m"; \
 		(cd $$m && $(GOWS) test -run='^$$' -bench=. -benchmem ./...); \
-	done
+	done | tee $(BIN)/bench/go.txt
 
 fuzz:
 	@cd pkg && for p in $$($(GOWS) list ./...); do \

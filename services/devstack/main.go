@@ -8,6 +8,7 @@
 //	devstack -profile=echo [flags]         run the protocol test profile
 //	devstack token <uid> [-ttl 24h]        print a development JWT for uid
 //	devstack notify -user U -event E JSON  deliver an event (see notify -h)
+//	devstack bench [flags] all             the load tool (see bench -h)
 package main
 
 import (
@@ -36,19 +37,21 @@ func main() {
 			os.Exit(cmdToken(args[1:], os.Stdout, os.Stderr))
 		case "notify":
 			os.Exit(cmdNotify(args[1:], os.Getenv("SB_NATS_URL"), os.Stdout, os.Stderr))
+		case "bench":
+			os.Exit(cmdBench(args[1:], os.Stdout, os.Stderr))
 		}
 	}
 	cfg, log, rest, err := loadConfig(args, os.Environ(), os.Stderr)
 	if err != nil {
 		if config.IsHelp(err) {
-			fmt.Fprintln(os.Stderr, "\nsubcommands: token <uid> [-ttl 24h], notify (see devstack notify -h)")
+			fmt.Fprintln(os.Stderr, "\nsubcommands: token <uid> [-ttl 24h], notify (see devstack notify -h), bench (see devstack bench -h)")
 			os.Exit(0)
 		}
 		fmt.Fprintln(os.Stderr, "devstack:", err)
 		os.Exit(2)
 	}
 	if len(rest) > 0 {
-		fmt.Fprintf(os.Stderr, "devstack: unknown command %q (want token or notify)\n", rest[0])
+		fmt.Fprintf(os.Stderr, "devstack: unknown command %q (want token, notify or bench)\n", rest[0])
 		os.Exit(2)
 	}
 	if err := cfg.Validate(); err != nil {

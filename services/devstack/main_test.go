@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -391,4 +392,23 @@ func serveUntilBanner(t *testing.T, cfg devstack.Config, marker string) (string,
 		time.Sleep(20 * time.Millisecond)
 	}
 	return out.String(), cancel, done
+}
+
+func TestParseBench(t *testing.T) {
+	b, err := parseBench([]string{"-short", "-devices", "77", "idle", "timers"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(b.which, []string{"idle", "timers"}) || b.devices != 77 || b.conns != 2000 || b.step != 2*time.Second {
+		t.Fatalf("parsed %+v", b)
+	}
+	b, err = parseBench([]string{"all"}, io.Discard)
+	if err != nil || !slices.Equal(b.which, scenarios) || b.conns != 10000 || b.devices != 10000 {
+		t.Fatalf("all: %+v, %v", b, err)
+	}
+	for _, args := range [][]string{nil, {"nope"}, {"-conns", "x", "idle"}} {
+		if _, err := parseBench(args, io.Discard); err == nil {
+			t.Errorf("%q accepted", args)
+		}
+	}
 }

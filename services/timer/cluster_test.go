@@ -28,10 +28,21 @@ const nodeKillRecovery = 6 * time.Second
 func TestNATSNodeKill(t *testing.T) {
 	nodes := natstest.RunCluster(t, 3)
 	c := newClusterOn(t, nodes.URLs(), func(t testing.TB) *nats.Conn { return nodes.Conn(t) })
-	c.env = []string{"SB_TIMER_REPLICAS=3"}
+	c.env = []string{"SB_TIMER_REPLICAS=3", "SB_LOG_LEVEL=info"}
 	for range 2 {
 		c.start()
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			for _, k := range c.kids {
+				_ = k.cmd.Process.Kill()
+				<-k.done // the output is complete
+				t.Logf("%s:\n%s", k.name, k.out.String())
+			}
+		}
+	})
 	c.waitCovered(30 * time.Second)
 	rec := c.record()
 	devs := makeDevices(30, 2, 8, 6)

@@ -341,6 +341,10 @@ type leaseOp struct {
 	acquire bool
 	rev     uint64 // 0: create
 	sent    int64  // acquire: ticks due up to here need not be sent
+	// sentNow: the previous holder may have sent every tick due until its
+	// term ended, so sent is taken when the new term starts (not when the
+	// lease was found free: the write in between takes time).
+	sentNow bool
 	t0      time.Time
 	newRev  uint64
 	err     error
@@ -415,7 +419,7 @@ func (c *coordinator) acquirable(p int, v view, mine bool, now time.Time) *lease
 	case s.lease.Holder == "":
 		freeSince = s.at
 	case s.lease.Holder == c.holder:
-		return &leaseOp{p: p, acquire: true, rev: s.rev, sent: now.UnixMilli()}
+		return &leaseOp{p: p, acquire: true, rev: s.rev, sentNow: true}
 	default:
 		freeSince = s.at.Add(c.ttlOf(s.lease.TTL))
 	}
@@ -433,8 +437,8 @@ func (c *coordinator) acquirable(p int, v view, mine bool, now time.Time) *lease
 		op.sent = s.lease.Sent
 	case ok:
 		// Taken from a holder that vanished: it may have sent the ticks
-		// due until now.
-		op.sent = now.UnixMilli()
+		// due until its fence.
+		op.sentNow = true
 	}
 	return op
 }
@@ -472,6 +476,9 @@ func (c *coordinator) acquired(op *leaseOp) {
 			c.log.Debug("take partition lease", "partition", op.p, "err", op.err)
 		}
 		return
+	}
+	if op.sentNow {
+		op.sent = time.Now().UnixMilli()
 	}
 	gen := c.ticker.activate(op.p, op.sent, op.t0.Add(c.cfg.holdFor()))
 	stop, err := c.driver.startPartition(op.p, gen)
