@@ -284,7 +284,8 @@ type StepOptions struct {
 // per publish.
 func stepped(ctx context.Context, t Target, scenario string, params map[string]any, opt StepOptions, expect int, clock *deliveryClock, publish func(i int, data []byte) error) (Result, []Result, error) {
 	var steps []Result
-	var failed error
+	// Let the connect burst's work (presence updates, garbage) settle.
+	failed := sleep(ctx, 2*time.Second)
 	best, _ := StepSearch(opt.Start, opt.Limit, 2, func(rate int) bool {
 		if failed != nil || ctx.Err() != nil {
 			return false

@@ -82,10 +82,11 @@ type Step struct {
 }
 
 // StepSearch tries rates from start, multiplying by factor while try
-// reports the bound met, up to limit, then bisects between the last rate
-// that met it and the first that did not until they are within 10 %. It
-// returns the highest rate that met the bound (0 if start failed) and
-// every step tried, in order.
+// reports the bound met, up to limit (dividing by factor while it is not,
+// when start itself fails), then bisects between the highest rate that met
+// the bound and the lowest that did not until they are within 10 %. It
+// returns the highest rate that met the bound (0 if none did, down to
+// start/1000) and every step tried, in order.
 func StepSearch(start, limit int, factor float64, try func(rate int) bool) (int, []Step) {
 	var steps []Step
 	run := func(r int) bool {
@@ -94,18 +95,31 @@ func StepSearch(start, limit int, factor float64, try func(rate int) bool) (int,
 		return ok
 	}
 	good, bad := 0, 0
-	for r := start; ; {
-		if !run(r) {
+	if run(start) {
+		good = start
+		for r := start; good < limit; {
+			r = min(limit, max(r+1, int(float64(r)*factor)))
+			if !run(r) {
+				bad = r
+				break
+			}
+			good = r
+		}
+	} else {
+		bad = start
+		for r := start; ; {
+			r = int(float64(r) / factor)
+			if r < max(1, start/1000) {
+				return 0, steps
+			}
+			if run(r) {
+				good = r
+				break
+			}
 			bad = r
-			break
 		}
-		good = r
-		if r >= limit {
-			return good, steps
-		}
-		r = min(limit, max(r+1, int(float64(r)*factor)))
 	}
-	for good > 0 && float64(bad-good) > 0.1*float64(good) {
+	for bad > 0 && float64(bad-good) > 0.1*float64(good) {
 		mid := (good + bad) / 2
 		if run(mid) {
 			good = mid

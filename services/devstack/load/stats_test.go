@@ -68,7 +68,8 @@ func TestStepSearch(t *testing.T) {
 		want       int
 		maxSteps   int
 	}{
-		{"start fails", 1000, 100000, 500, 0, 1},
+		{"start fails: steps down, then bisects", 1000, 100000, 500, 500, 6},
+		{"nothing passes", 1000, 100000, 0, 0, 11},
 		{"every step passes up to the limit", 1000, 8000, 1 << 30, 8000, 4},
 		{"bisects to within 10 %", 1000, 1 << 20, 5000, 0, 12},
 		{"capacity on a step", 1000, 1 << 20, 4000, 4000, 12},

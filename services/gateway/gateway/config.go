@@ -42,7 +42,9 @@ type Config struct {
 	// UpgradeTimeout bounds a WebSocket upgrade from its probe to its `5`:
 	// past it the WebSocket is closed and the session stays on polling.
 	UpgradeTimeout time.Duration `koanf:"upgrade_timeout"`
-	SendQueue      int           `koanf:"send_queue"`
+	// SendQueue is melody's per-connection queue, in messages: each slot
+	// costs 40 bytes of every connection, used or not.
+	SendQueue int `koanf:"send_queue"`
 	// SendQueueBytes bounds the bytes queued for one client (WebSocket
 	// frames not yet written, polling packets not yet fetched, deliveries
 	// held during the handshake); past it the client is disconnected as
@@ -70,7 +72,7 @@ func DefaultConfig() Config {
 		ConnectTimeout:    45 * time.Second,
 		AllowedOrigins:    []string{},
 		AllowQueryToken:   true,
-		SendQueue:         256,
+		SendQueue:         64,
 		SendQueueBytes:    4 << 20,
 		MaxEngines:        50000,
 		MaxEnginesPerIP:   256,

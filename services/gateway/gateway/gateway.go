@@ -142,6 +142,10 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	g.m.Config.MaxMessageSize = int64(cfg.MaxPayload)
 	g.m.Config.MessageBufferSize = cfg.SendQueue
 	g.m.Upgrader.CheckOrigin = g.origins.allow
+	// Write buffers are borrowed per frame, not held by each idle
+	// connection. The read buffer is left at 0: the upgrader then reads
+	// through the HTTP server's buffer, which the connection holds anyway.
+	g.m.Upgrader.WriteBufferPool = &sync.Pool{}
 	g.m.HandleConnect(g.onWSConnect)
 	g.m.HandleMessage(func(s *melody.Session, b []byte) { g.onWSMessage(s, b, false) })
 	g.m.HandleMessageBinary(func(s *melody.Session, b []byte) { g.onWSMessage(s, b, true) })
