@@ -84,11 +84,14 @@ func streamConfig(cfg Config) jetstream.StreamConfig {
 }
 
 // msgID names one message of one timer: the repeat of a message by any
-// instance carries the same id.
-func msgID(uid, dev string, start int64, kind string) string {
+// instance carries the same id. A device's timers differ in start (a
+// replacement starts at least 1 ms after the timer it replaces) or, when
+// one was stopped and the next started within the same millisecond, in
+// dur.
+func msgID(uid, dev string, rec record, kind string) string {
 	u, _ := subject.Encode(uid)
 	d, _ := subject.Encode(dev)
-	return u + "." + d + "." + strconv.FormatInt(start, 10) + "." + kind
+	return u + "." + d + "." + strconv.FormatInt(rec.Start, 10) + "." + strconv.Itoa(rec.Dur) + "." + kind
 }
 
 // timerEventMsg builds a timer event for backend services.
@@ -109,7 +112,7 @@ func timerEventMsg(kind, uid, dev string, rec record, reason string) (*nats.Msg,
 	m := nats.NewMsg(subj)
 	m.Header.Set(api.HeaderEvent, timerEventNames[kind])
 	m.Header.Set(headerTimerStart, strconv.FormatInt(rec.Start, 10))
-	m.Header.Set(jetstream.MsgIDHeader, msgID(uid, dev, rec.Start, "event-"+kind))
+	m.Header.Set(jetstream.MsgIDHeader, msgID(uid, dev, rec, "event-"+kind))
 	m.Data = body
 	return m, nil
 }
@@ -141,12 +144,12 @@ func edgeMsg(x edge, phase int) (*nats.Msg, error) {
 	m.Header.Set(headerTimerStart, strconv.FormatInt(x.rec.Start, 10))
 	if phase == phaseTick {
 		m.Header.Set(api.HeaderEvent, api.EventTick)
-		m.Header.Set(jetstream.MsgIDHeader, msgID(x.uid, x.dev, x.rec.Start, "edge-tick0"))
+		m.Header.Set(jetstream.MsgIDHeader, msgID(x.uid, x.dev, x.rec, "edge-tick0"))
 		m.Data = tickPayload(0)
 		return m, nil
 	}
 	m.Header.Set(api.HeaderEvent, api.EventTimerDone)
-	m.Header.Set(jetstream.MsgIDHeader, msgID(x.uid, x.dev, x.rec.Start, "edge-done"))
+	m.Header.Set(jetstream.MsgIDHeader, msgID(x.uid, x.dev, x.rec, "edge-done"))
 	m.Data, err = json.Marshal(api.TimerDone{Timer: 0, DeviceID: x.dev, Dur: x.rec.Dur})
 	return m, err
 }

@@ -300,3 +300,19 @@ func TestEventsWaitForTheStream(t *testing.T) {
 		t.Fatalf("event %+v, want the start", evs[0])
 	}
 }
+
+// The messages of two timers of one device never share an id: a timer
+// stopped and the next started within the same millisecond differ in dur.
+func TestMsgIDPerTimer(t *testing.T) {
+	a := record{Dur: 40, Start: 1000, Deadline: 41000}
+	b := record{Dur: 1, Start: 1000, Deadline: 2000}
+	if msgID("u", "d", a, "edge-done") == msgID("u", "d", b, "edge-done") {
+		t.Fatal("two timers started in the same millisecond share an id")
+	}
+	if msgID("u", "d", a, "edge-done") != msgID("u", "d", a, "edge-done") {
+		t.Fatal("one timer's message has two ids")
+	}
+	if msgID("u", "d", a, "edge-done") == msgID("u", "d", a, "edge-tick0") {
+		t.Fatal("two messages of one timer share an id")
+	}
+}

@@ -437,6 +437,9 @@ func (s *Service) start(ctx context.Context, ev *client.Event) {
 		if running >= s.cfg.MaxTimersPerUser {
 			return false, errTooMany
 		}
+		if old, ok := doc.Timers[ev.DeviceID]; ok && old.Start >= now {
+			now = old.Start + 1 // a new timer is never the one it replaces
+		}
 		started = record{Dur: dur, Start: now, Deadline: now + int64(dur)*1000}
 		doc.Timers[ev.DeviceID] = started
 		return true, nil

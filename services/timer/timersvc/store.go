@@ -143,7 +143,10 @@ type store struct {
 // key is the KV key of a user's timers.
 func (s *store) key(uid string) (string, error) { return userKey(uid, s.partitions) }
 
-// load returns the user's doc and its revision (0 when absent).
+// load returns the user's doc and the revision to write it back at: that
+// of its last message, a removal marker included (0 when the key has none).
+// Writing after a marker's revision takes one round trip, where creating
+// the key anew would take three.
 func (s *store) load(ctx context.Context, key string) (userDoc, uint64, error) {
 	if s.last != nil {
 		m, err := s.last(ctx, key)
@@ -153,8 +156,8 @@ func (s *store) load(ctx context.Context, key string) (userDoc, uint64, error) {
 		case err != nil:
 			return userDoc{}, 0, fmt.Errorf("get %s: %w", key, err)
 		case m.Header.Get("KV-Operation") != "" || m.Header.Get(jetstream.MarkerReasonHeader) != "":
-			// Removed: the next write creates the key anew.
-			return userDoc{Timers: map[string]record{}}, 0, nil
+			// Removed: no timers, written after the marker.
+			return userDoc{Timers: map[string]record{}}, m.Sequence, nil
 		}
 		return decodeDoc(s.log, key, m.Data), m.Sequence, nil
 	}
@@ -184,6 +187,7 @@ func decodeDoc(log *slog.Logger, key string, data []byte) userDoc {
 }
 
 // save writes doc at rev (create when rev is 0, delete when doc is empty).
+// Callers only save docs they changed: an empty one had timers.
 func (s *store) save(ctx context.Context, key string, doc userDoc, rev uint64) error {
 	if len(doc.Timers) == 0 {
 		if rev == 0 {
