@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -90,4 +91,30 @@ func parseHeader(b []byte) (nats.Header, error) {
 		h[strings.TrimSpace(k)] = append(h[strings.TrimSpace(k)], strings.TrimSpace(v))
 	}
 	return h, nil
+}
+
+// LastMsgDirect reads the last message of subj in stream with a direct get
+// ($JS.API.DIRECT.GET, the stream must allow direct gets): any replica may
+// answer, so the value may be older than the last acknowledged write. It is
+// the cheap read before a compare-and-set, which fails on a stale value;
+// a decision to write nothing needs LastMsg. It returns
+// jetstream.ErrMsgNotFound when subj has no message.
+func LastMsgDirect(ctx context.Context, nc *nats.Conn, stream, subj string) (*jetstream.RawStreamMsg, error) {
+	m, err := nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+stream+"."+subj, nil)
+	if err != nil {
+		return nil, fmt.Errorf("get last message of %s: %w", subj, err)
+	}
+	switch st := m.Header.Get("Status"); st {
+	case "":
+	case "404":
+		return nil, jetstream.ErrMsgNotFound
+	default:
+		return nil, fmt.Errorf("get last message of %s: status %s %s", subj, st, m.Header.Get("Description"))
+	}
+	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("get last message of %s: bad sequence %q", subj, m.Header.Get(jetstream.SequenceHeader))
+	}
+	t, _ := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
+	return &jetstream.RawStreamMsg{Subject: m.Header.Get(jetstream.SubjectHeader), Sequence: seq, Header: m.Header, Data: m.Data, Time: t}, nil
 }

@@ -151,8 +151,11 @@ func (c *cluster) status() map[string]api.TimerStatus {
 				Data api.TimerStatus `json:"data"`
 			} `json:"endpoints"`
 		}
-		if err := json.Unmarshal(m.Data, &st); err != nil || len(st.Endpoints) == 0 {
+		if err := json.Unmarshal(m.Data, &st); err != nil {
 			c.t.Fatalf("stats %s: %v", m.Data, err)
+		}
+		if len(st.Endpoints) == 0 {
+			continue // an instance still starting: its endpoints come next
 		}
 		out[st.Endpoints[0].Data.Instance] = st.Endpoints[0].Data
 	}

@@ -57,7 +57,17 @@ const kvOperation = "KV-Operation"
 func (s *Service) load(ctx context.Context, key string) ([]api.Conn, uint64, error) {
 	// From the stream's leader: a replica may not show the latest admit yet,
 	// and a release that finds nothing writes nothing.
-	m, err := natsx.LastMsg(ctx, s.nc, "KV_"+s.cfg.Bucket, s.kvPrefix+key)
+	return s.read(ctx, key, false)
+}
+
+// read is load, or with direct a direct get that any replica may answer
+// (cheaper; the value may be stale, which a compare-and-set then catches).
+func (s *Service) read(ctx context.Context, key string, direct bool) ([]api.Conn, uint64, error) {
+	get := natsx.LastMsg
+	if direct {
+		get = natsx.LastMsgDirect
+	}
+	m, err := get(ctx, s.nc, "KV_"+s.cfg.Bucket, s.kvPrefix+key)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, 0, nil
 	}
@@ -122,11 +132,21 @@ func (s *Service) update(ctx context.Context, uid string, change changeFunc) (up
 		return updated{}, natsx.Errorf(api.CodeBadRequest, "invalid userId")
 	}
 	for attempt := range casAttempts {
-		conns, rev, err := s.load(ctx, key)
+		// The first attempt reads with a direct get; a decision not to
+		// write (nothing to change, a refusal) is taken again on the
+		// leader's value, and so is every retry.
+		direct := attempt == 0
+		conns, rev, err := s.read(ctx, key, direct)
 		if err != nil {
 			return updated{}, err
 		}
 		next, changed, err := change(conns)
+		if direct && (err != nil || !changed) {
+			if conns, rev, err = s.load(ctx, key); err != nil {
+				return updated{}, err
+			}
+			next, changed, err = change(conns)
+		}
 		if err != nil {
 			return updated{}, err
 		}

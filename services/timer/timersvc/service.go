@@ -130,6 +130,9 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 		store: &store{kv: kv, log: log, partitions: cfg.Partitions, markerTTL: markerTTL,
 			last: func(ctx context.Context, key string) (*jetstream.RawStreamMsg, error) {
 				return natsx.LastMsg(ctx, nc, "KV_"+cfg.Bucket, "$KV."+cfg.Bucket+"."+key)
+			},
+			lastDirect: func(ctx context.Context, key string) (*jetstream.RawStreamMsg, error) {
+				return natsx.LastMsgDirect(ctx, nc, "KV_"+cfg.Bucket, "$KV."+cfg.Bucket+"."+key)
 			}},
 		notify:    client.New(nc),
 		sem:       make(chan struct{}, maxInFlight),

@@ -138,6 +138,8 @@ type store struct {
 	// not show the latest write yet, and a request that finds nothing to
 	// change (a stop of a timer just started) writes nothing.
 	last func(ctx context.Context, key string) (*jetstream.RawStreamMsg, error)
+	// lastDirect reads it with a direct get (any replica).
+	lastDirect func(ctx context.Context, key string) (*jetstream.RawStreamMsg, error)
 }
 
 // key is the KV key of a user's timers.
@@ -148,8 +150,19 @@ func (s *store) key(uid string) (string, error) { return userKey(uid, s.partitio
 // Writing after a marker's revision takes one round trip, where creating
 // the key anew would take three.
 func (s *store) load(ctx context.Context, key string) (userDoc, uint64, error) {
-	if s.last != nil {
-		m, err := s.last(ctx, key)
+	return s.read(ctx, key, false)
+}
+
+// read is load, or with direct (when the store has a direct read) a read
+// any replica may answer: cheaper, and possibly stale, which a
+// compare-and-set then catches.
+func (s *store) read(ctx context.Context, key string, direct bool) (userDoc, uint64, error) {
+	last := s.last
+	if direct && s.lastDirect != nil {
+		last = s.lastDirect
+	}
+	if last != nil {
+		m, err := last(ctx, key)
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
 			return userDoc{Timers: map[string]record{}}, 0, nil
@@ -212,11 +225,21 @@ func (s *store) save(ctx context.Context, key string, doc userDoc, rev uint64) e
 // otherwise) and may refuse with an error, which mutate returns as is.
 func (s *store) mutate(ctx context.Context, key string, fn func(doc *userDoc, now int64) (bool, error)) error {
 	for attempt := range casAttempts {
-		doc, rev, err := s.load(ctx, key)
+		// The first attempt reads directly; a decision not to write
+		// (nothing to change, a refusal) is taken again on the leader's
+		// value, and so is every retry.
+		direct := attempt == 0
+		doc, rev, err := s.read(ctx, key, direct)
 		if err != nil {
 			return err
 		}
 		changed, err := fn(&doc, time.Now().UnixMilli())
+		if direct && (err != nil || !changed) {
+			if doc, rev, err = s.load(ctx, key); err != nil {
+				return err
+			}
+			changed, err = fn(&doc, time.Now().UnixMilli())
+		}
 		if err != nil || !changed {
 			return err
 		}
