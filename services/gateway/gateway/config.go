@@ -54,6 +54,11 @@ type Config struct {
 	HeartbeatInterval time.Duration `koanf:"heartbeat_interval"`
 	Namespaces        []string      `koanf:"namespaces"`
 	MaxPendingAcks    int           `koanf:"max_pending_acks"`
+	// AuthCacheSize bounds the identities remembered by token hash
+	// (0: none); AuthCacheTTL is how long one is trusted without asking
+	// auth again (never past the token's expiry; 0: not at all).
+	AuthCacheSize int           `koanf:"auth_cache_size"`
+	AuthCacheTTL  time.Duration `koanf:"auth_cache_ttl"`
 	// ExpireSockets ends a socket (DISCONNECT, then close) when its token
 	// expires. Off by default: clients then stay connected past expiry, as
 	// with a typical Socket.IO server that checks tokens only at connect.
@@ -86,6 +91,8 @@ func DefaultConfig() Config {
 		HeartbeatInterval: time.Second,
 		Namespaces:        []string{"/"},
 		MaxPendingAcks:    64,
+		AuthCacheSize:     10000,
+		AuthCacheTTL:      30 * time.Second,
 	}
 }
 
@@ -106,6 +113,7 @@ func (c Config) validate() error {
 	check(c.RequestTimeout > 0, "request_timeout must be positive")
 	check(c.HeartbeatInterval > 0, "heartbeat_interval must be positive")
 	check(c.MaxPendingAcks > 0, "max_pending_acks must be positive")
+	check(c.AuthCacheSize >= 0 && c.AuthCacheTTL >= 0, "auth_cache_size and auth_cache_ttl must not be negative")
 	check(!c.TrustProxy, "trust_proxy is replaced by trusted_proxies: list the addresses or CIDR ranges of your reverse proxies")
 	_, err := parseProxies(c.TrustedProxies)
 	check(err == nil, "trusted_proxies: %v", err)

@@ -73,7 +73,9 @@ type Gateway struct {
 	hub     *hub
 	adm     *admission
 	metrics *metrics
-	proxies proxies
+	// authCache remembers verified tokens (nil: off).
+	authCache *authCache
+	proxies   proxies
 
 	ln   net.Listener
 	srv  *http.Server
@@ -137,6 +139,7 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	g.hub = newHub(g)
 	g.metrics = newMetrics(g)
 	g.sched = sched.New(g.fire)
+	g.authCache = newAuthCache(cfg.AuthCacheSize, cfg.AuthCacheTTL)
 
 	g.m = melody.New()
 	g.m.Config.MaxMessageSize = int64(cfg.MaxPayload)

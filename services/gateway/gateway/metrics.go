@@ -14,6 +14,7 @@ type metrics struct {
 	in          prometheus.Counter     // client events put on NATS
 	out         prometheus.Counter     // events written to sockets
 	slow        prometheus.Counter     // connections closed as slow consumers
+	authCached  prometheus.Counter     // tokens taken from the auth cache
 	requests    *prometheus.HistogramVec
 	engines     prometheus.GaugeFunc
 	sockets     prometheus.GaugeFunc
@@ -62,6 +63,10 @@ func newMetrics(g *Gateway) *metrics {
 			Name: "switchboard_gateway_slow_client_closes_total",
 			Help: "Connections closed because their send queue was full or their deliveries were dropped.",
 		}),
+		authCached: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_gateway_auth_cache_hits_total",
+			Help: "Tokens whose identity came from the verification cache, without asking auth.",
+		}),
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "switchboard_gateway_nats_request_seconds",
 			Help:    "NATS request latency by kind: verify (auth), admit (presence), event (client events with an ack).",
@@ -85,7 +90,7 @@ func newMetrics(g *Gateway) *metrics {
 	for _, k := range []string{reqVerify, reqAdmit, reqEvent} {
 		m.requests.WithLabelValues(k)
 	}
-	m.collectable = []prometheus.Collector{m.handshakes, m.refusals, m.in, m.out, m.slow, m.requests, m.engines, m.sockets}
+	m.collectable = []prometheus.Collector{m.handshakes, m.refusals, m.in, m.out, m.slow, m.authCached, m.requests, m.engines, m.sockets}
 	return m
 }
 

@@ -26,11 +26,15 @@ func TestMetricsFollowClients(t *testing.T) {
 	reg.MustRegister(st.gw.Collectors()...)
 	m := st.gw.metrics
 
-	w, _ := st.mustConnect("alice", "")
+	tok := st.token("alice")
+	w := st.dial("", nil)
+	if r := w.connect(`{"token":"` + tok + `"}`); !strings.HasPrefix(r, "40{") {
+		t.Fatalf("alice: %q", r)
+	}
 	if r := st.dial("", nil).connect(`{"token":"not-a-token"}`); !strings.HasPrefix(r, "44") {
 		t.Fatalf("bad token: %q", r)
 	}
-	if r := st.dial("", nil).connect(`{"token":"` + st.token("alice") + `"}`); !strings.Contains(r, msgTooMany) {
+	if r := st.dial("", nil).connect(`{"token":"` + tok + `"}`); !strings.Contains(r, msgTooMany) {
 		t.Fatalf("second socket of alice: %q", r)
 	}
 	w.send(`42["hello",1]`)
@@ -59,8 +63,12 @@ func TestMetricsFollowClients(t *testing.T) {
 	if err != nil {
 		t.Fatalf("gather: %v", err)
 	}
-	// Three verifications and two admits (the third CONNECT was refused
-	// by auth) were timed, and one event (without an ack: not a request).
+	// Two verifications (alice's token came from the cache the second
+	// time) and two admits (the bad token's CONNECT was refused by auth)
+	// were timed, and one event (without an ack: not a request).
+	if got := testutil.ToFloat64(m.authCached); got != 1 {
+		t.Errorf("auth cache hits %v, want 1", got)
+	}
 	observed := map[string]uint64{}
 	for _, mf := range mfs {
 		if mf.GetName() != "switchboard_gateway_nats_request_seconds" {
@@ -72,8 +80,8 @@ func TestMetricsFollowClients(t *testing.T) {
 			}
 		}
 	}
-	if observed[reqVerify] != 3 || observed[reqAdmit] != 2 || observed[reqEvent] != 0 {
-		t.Errorf("requests timed %v, want verify 3, admit 2, event 0", observed)
+	if observed[reqVerify] != 2 || observed[reqAdmit] != 2 || observed[reqEvent] != 0 {
+		t.Errorf("requests timed %v, want verify 2, admit 2, event 0", observed)
 	}
 }
 

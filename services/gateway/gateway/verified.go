@@ -48,13 +48,18 @@ func (g *Gateway) verify(ctx context.Context, c credentials) verdict {
 	if msg != "" {
 		return verdict{Msg: msg}
 	}
+	start := time.Now()
+	if id, ok := g.authCache.get(token, start); ok {
+		g.metrics.authCached.Inc()
+		return verdict{ID: &id}
+	}
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.RequestTimeout)
 	defer cancel()
-	start := time.Now()
 	id, err := natsx.Request[api.VerifyReply](ctx, g.nc, subject.AuthVerify, api.VerifyRequest{Token: token})
 	g.metrics.request(reqVerify, start)
 	switch code := natsx.CodeOf(err); {
 	case err == nil:
+		g.authCache.put(token, id, start)
 		return verdict{ID: &id}
 	case code == api.CodeUnauthorized || code == api.CodeBadRequest:
 		return verdict{Msg: msgUnauthorized}
