@@ -53,7 +53,7 @@ func parseBench(args []string, stderr io.Writer) (benchArgs, error) {
 	fs.BoolVar(&b.spawn, "spawn", false, "run a development stack of this binary as the server (on free ports), and stop it at the end")
 	fs.BoolVar(&b.short, "short", false, "small sizes and short steps: every scenario in about two minutes")
 	fs.IntVar(&b.conns, "conns", 10000, "idle: connections")
-	fs.DurationVar(&b.window, "window", 10*time.Second, "idle: how long CPU is measured")
+	fs.DurationVar(&b.window, "window", 50*time.Second, "idle: how long CPU is measured (pings come every ping interval: measure over whole intervals)")
 	fs.IntVar(&b.concurrency, "concurrency", 50, "handshake: connections opened at a time")
 	fs.DurationVar(&b.duration, "duration", 10*time.Second, "handshake: how long")
 	fs.IntVar(&b.users, "users", 2000, "notify: users, one connection each")
@@ -80,7 +80,7 @@ func parseBench(args []string, stderr io.Writer) (benchArgs, error) {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		for name, v := range map[string]string{
-			"conns": "2000", "window": "5s", "duration": "5s", "users": "500", "notify-start": "2000", "notify-limit": "16000",
+			"conns": "2000", "window": "25s", "duration": "5s", "users": "500", "notify-start": "2000", "notify-limit": "16000",
 			"bcast-conns": "500", "bcast-start": "50", "bcast-limit": "400", "step": "2s", "devices": "2000", "dur": "3",
 		} {
 			if !set[name] {

@@ -144,6 +144,10 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	g.m = melody.New()
 	g.m.Config.MaxMessageSize = int64(cfg.MaxPayload)
 	g.m.Config.MessageBufferSize = cfg.SendQueue
+	// Engine.IO's own heartbeat (ping_interval, ping_timeout) finds dead
+	// clients; melody's WebSocket pings would double that work on every
+	// idle connection, so they are rare.
+	g.m.Config.PingPeriod, g.m.Config.PongWait = wsPingPeriod, wsPingPeriod+time.Minute
 	g.m.Upgrader.CheckOrigin = g.origins.allow
 	// Write buffers are borrowed per frame, not held by each idle
 	// connection. The read buffer is left at 0: the upgrader then reads
@@ -533,6 +537,10 @@ func (g *Gateway) acceptWebSocket(w http.ResponseWriter, r *http.Request, e *eng
 		}
 	}
 }
+
+// wsPingPeriod is how often melody pings a WebSocket (it closes one that
+// does not answer within a minute more).
+const wsPingPeriod = 5 * time.Minute
 
 const (
 	engineKey = "engine"
