@@ -43,7 +43,8 @@ type Config struct {
 	// past it the WebSocket is closed and the session stays on polling.
 	UpgradeTimeout time.Duration `koanf:"upgrade_timeout"`
 	// SendQueue is melody's per-connection queue, in messages: each slot
-	// costs 40 bytes of every connection, used or not.
+	// costs 40 bytes of every connection, used or not (10 KiB at 256), and
+	// a burst to one socket past it closes the socket as slow.
 	SendQueue int `koanf:"send_queue"`
 	// SendQueueBytes bounds the bytes queued for one client (WebSocket
 	// frames not yet written, polling packets not yet fetched, deliveries
@@ -77,7 +78,7 @@ func DefaultConfig() Config {
 		ConnectTimeout:    45 * time.Second,
 		AllowedOrigins:    []string{},
 		AllowQueryToken:   true,
-		SendQueue:         64,
+		SendQueue:         256,
 		SendQueueBytes:    4 << 20,
 		MaxEngines:        50000,
 		MaxEnginesPerIP:   256,
