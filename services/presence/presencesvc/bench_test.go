@@ -1,6 +1,7 @@
 package presencesvc
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-rt/switchboard/pkg/natstest"
+	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
 
 // BenchmarkAdmitRelease measures one admit plus one release round trip
@@ -45,6 +47,18 @@ func BenchmarkAdmitLatency(b *testing.B) {
 				cfg.Replicas = nodes
 				nc = c.Conn(b)
 				startSvc(b, c.Conn(b), cfg)
+				// The service's interest reaches the client's node a
+				// moment later.
+				for deadline := time.Now().Add(10 * time.Second); ; {
+					_, err := nc.Request(subject.PresenceList, []byte(`{"userId":"nobody"}`), time.Second)
+					if !errors.Is(err, nats.ErrNoResponders) {
+						break
+					}
+					if time.Now().After(deadline) {
+						b.Fatal("presence does not answer on the cluster")
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
 			}
 			var admits, releases []time.Duration
 			i := 0

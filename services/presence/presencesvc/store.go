@@ -132,10 +132,12 @@ func (s *Service) update(ctx context.Context, uid string, change changeFunc) (up
 		return updated{}, natsx.Errorf(api.CodeBadRequest, "invalid userId")
 	}
 	for attempt := range casAttempts {
-		// The first attempt reads with a direct get; a decision not to
-		// write (nothing to change, a refusal) is taken again on the
+		// On a one-replica bucket the first attempt reads with a direct get
+		// (with replicas a follower right after a write answers stale
+		// values often enough to cost more than it saves); a decision not
+		// to write (nothing to change, a refusal) is taken again on the
 		// leader's value, and so is every retry.
-		direct := attempt == 0
+		direct := attempt == 0 && s.cfg.Replicas == 1
 		conns, rev, err := s.read(ctx, key, direct)
 		if err != nil {
 			return updated{}, err

@@ -81,6 +81,18 @@ type Service struct {
 
 var _ partitionDriver = (*Service)(nil)
 
+// directReader is the store's direct read on a one-replica bucket (nil
+// with replicas: a follower right after a write answers stale values often
+// enough to cost more than it saves).
+func directReader(nc *nats.Conn, cfg Config) func(context.Context, string) (*jetstream.RawStreamMsg, error) {
+	if cfg.Replicas != 1 {
+		return nil
+	}
+	return func(ctx context.Context, key string) (*jetstream.RawStreamMsg, error) {
+		return natsx.LastMsgDirect(ctx, nc, "KV_"+cfg.Bucket, "$KV."+cfg.Bucket+"."+key)
+	}
+}
+
 // randomID is 12 random bytes in base64url.
 func randomID() (string, error) {
 	b := make([]byte, 12)
@@ -131,9 +143,7 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 			last: func(ctx context.Context, key string) (*jetstream.RawStreamMsg, error) {
 				return natsx.LastMsg(ctx, nc, "KV_"+cfg.Bucket, "$KV."+cfg.Bucket+"."+key)
 			},
-			lastDirect: func(ctx context.Context, key string) (*jetstream.RawStreamMsg, error) {
-				return natsx.LastMsgDirect(ctx, nc, "KV_"+cfg.Bucket, "$KV."+cfg.Bucket+"."+key)
-			}},
+			lastDirect: directReader(nc, cfg)},
 		notify:    client.New(nc),
 		sem:       make(chan struct{}, maxInFlight),
 		removals:  newRetryQueue[removal](),
