@@ -80,8 +80,8 @@ func parseBench(args []string, stderr io.Writer) (benchArgs, error) {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		for name, v := range map[string]string{
-			"conns": "2000", "window": "25s", "duration": "5s", "users": "500", "notify-start": "2000", "notify-limit": "16000",
-			"bcast-conns": "500", "bcast-start": "50", "bcast-limit": "400", "step": "2s", "devices": "2000", "dur": "3",
+			"conns": "2000", "window": "10s", "duration": "3s", "users": "500", "notify-start": "2000", "notify-limit": "16000",
+			"bcast-conns": "500", "bcast-start": "50", "bcast-limit": "400", "step": "1s", "devices": "2000", "dur": "3",
 		} {
 			if !set[name] {
 				_ = fs.Set(name, v)

@@ -399,7 +399,7 @@ func TestParseBench(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(b.which, []string{"idle", "timers"}) || b.devices != 77 || b.conns != 2000 || b.step != 2*time.Second {
+	if !slices.Equal(b.which, []string{"idle", "timers"}) || b.devices != 77 || b.conns != 2000 || b.step != time.Second {
 		t.Fatalf("parsed %+v", b)
 	}
 	b, err = parseBench([]string{"all"}, io.Discard)

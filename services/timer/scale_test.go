@@ -39,7 +39,7 @@ const (
 	// scaleStartRate is the pace of timerStart requests (per second).
 	scaleStartRate = 2500
 	// scaleWindow is how long the steady state is measured.
-	scaleWindow = 10 * time.Second
+	scaleWindow = 6 * time.Second
 )
 
 func BenchmarkScale(b *testing.B) {
