@@ -85,6 +85,9 @@ type coordinator struct {
 	rewatched chan rewatch
 
 	held map[int]*holding
+	// lapsed is, per partition whose term here ended without a release,
+	// the due time up to which that term sent every tick.
+	lapsed map[int]int64
 	// The watch of leases and members: its context, and (guarded by mu)
 	// when it last showed this instance's own member key and when that key
 	// was last written. A watch that stops showing our own writes runs on
@@ -114,6 +117,7 @@ func newCoordinator(log *slog.Logger, cfg Config, kv jetstream.KeyValue, markerT
 		ended:     make(chan partGen, 16),
 		rewatched: make(chan rewatch, 64),
 		held:      map[int]*holding{},
+		lapsed:    map[int]int64{},
 	}
 }
 
@@ -341,10 +345,6 @@ type leaseOp struct {
 	acquire bool
 	rev     uint64 // 0: create
 	sent    int64  // acquire: ticks due up to here need not be sent
-	// sentNow: the previous holder may have sent every tick due until its
-	// term ended, so sent is taken when the new term starts (not when the
-	// lease was found free: the write in between takes time).
-	sentNow bool
 	t0      time.Time
 	newRev  uint64
 	err     error
@@ -419,7 +419,10 @@ func (c *coordinator) acquirable(p int, v view, mine bool, now time.Time) *lease
 	case s.lease.Holder == "":
 		freeSince = s.at
 	case s.lease.Holder == c.holder:
-		return &leaseOp{p: p, acquire: true, rev: s.rev, sentNow: true}
+		// Our own term that lapsed: it sent every tick due up to what
+		// it reported when it ended, which may be after now (now was
+		// read before the term was found lapsed).
+		return &leaseOp{p: p, acquire: true, rev: s.rev, sent: max(now.UnixMilli(), c.lapsed[p])}
 	default:
 		freeSince = s.at.Add(c.ttlOf(s.lease.TTL))
 	}
@@ -437,8 +440,8 @@ func (c *coordinator) acquirable(p int, v view, mine bool, now time.Time) *lease
 		op.sent = s.lease.Sent
 	case ok:
 		// Taken from a holder that vanished: it may have sent the ticks
-		// due until its fence.
-		op.sentNow = true
+		// due until its fence, which passed before now.
+		op.sent = now.UnixMilli()
 	}
 	return op
 }
@@ -476,9 +479,6 @@ func (c *coordinator) acquired(op *leaseOp) {
 			c.log.Debug("take partition lease", "partition", op.p, "err", op.err)
 		}
 		return
-	}
-	if op.sentNow {
-		op.sent = time.Now().UnixMilli()
 	}
 	gen := c.ticker.activate(op.p, op.sent, op.t0.Add(c.cfg.holdFor()))
 	stop, err := c.driver.startPartition(op.p, gen)
@@ -528,7 +528,7 @@ func (c *coordinator) drop(p int, reason string) {
 		return
 	}
 	delete(c.held, p)
-	c.ticker.deactivate(p)
+	c.lapsed[p] = c.ticker.deactivate(p)
 	h.stop()
 	c.log.Info("partition lease dropped", "partition", p, "reason", reason)
 }

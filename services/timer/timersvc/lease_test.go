@@ -426,3 +426,33 @@ func TestStalledWatchesRestart(t *testing.T) {
 	d := in.next(t, 2*time.Second)
 	onGrid(t, d, e.deadline(t, w), 5)
 }
+
+// What a new term may skip: ticks sent by the term before it. Our own term
+// that lapsed reports how far it sent, which may be past the moment the
+// lease was found lapsed; a vanished holder stopped before that moment; a
+// released lease says how far its holder sent.
+func TestAcquireSent(t *testing.T) {
+	now := time.Now()
+	cfg := testConfig()
+	c := newCoordinator(testLog(t), cfg, nil, 0, "me", "i", nil, nil)
+	c.lapsed[3] = now.UnixMilli() + 400
+	mk := func(holder string, sent int64, at time.Time) view {
+		return view{loaded: true, loadedAt: now.Add(-time.Hour), leases: map[int]seen{3: {rev: 7, at: at, lease: leaseDoc{Holder: holder, TTL: cfg.LeaseTTL.Milliseconds(), Sent: sent}}}}
+	}
+	for _, tc := range []struct {
+		name string
+		v    view
+		want int64
+	}{
+		{"our lapsed term", mk("me", 0, now), now.UnixMilli() + 400},
+		{"a vanished holder", mk("other", 0, now.Add(-time.Hour)), now.UnixMilli()},
+		{"released", mk("", now.UnixMilli()-1234, now.Add(-time.Hour)), now.UnixMilli() - 1234},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			op := c.acquirable(3, tc.v, true, now)
+			if op == nil || op.sent != tc.want {
+				t.Fatalf("acquire %+v, want sent %d", op, tc.want)
+			}
+		})
+	}
+}
