@@ -1,7 +1,6 @@
 package presencesvc
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -10,7 +9,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-rt/switchboard/pkg/natstest"
-	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
 
 // BenchmarkAdmitRelease measures one admit plus one release round trip
@@ -47,18 +45,7 @@ func BenchmarkAdmitLatency(b *testing.B) {
 				cfg.Replicas = nodes
 				nc = c.Conn(b)
 				startSvc(b, c.Conn(b), cfg)
-				// The service's interest reaches the client's node a
-				// moment later.
-				for deadline := time.Now().Add(10 * time.Second); ; {
-					_, err := nc.Request(subject.PresenceList, []byte(`{"userId":"nobody"}`), time.Second)
-					if !errors.Is(err, nats.ErrNoResponders) {
-						break
-					}
-					if time.Now().After(deadline) {
-						b.Fatal("presence does not answer on the cluster")
-					}
-					time.Sleep(20 * time.Millisecond)
-				}
+				waitServing(b, nc)
 			}
 			var admits, releases []time.Duration
 			i := 0

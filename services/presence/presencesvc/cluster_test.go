@@ -32,6 +32,7 @@ func TestClusterLeaderKillKeepsTheLimit(t *testing.T) {
 	nc := c.Conn(t)
 	startSvc(t, c.Conn(t), cfg)
 	startSvc(t, c.Conn(t), cfg) // two presence instances
+	waitServing(t, nc)
 	mustAdmit(t, nc, newConn("alice", "a1", "gw"))
 	mustAdmit(t, nc, newConn("alice", "a2", "gw"))
 
@@ -93,6 +94,7 @@ func TestClusterReleaseRightAfterAdmit(t *testing.T) {
 	cfg.Replicas = 3
 	nc := c.Conn(t)
 	startSvc(t, c.Conn(t), cfg)
+	waitServing(t, nc)
 	for i := range 500 {
 		uid, sid := fmt.Sprintf("u%d", i%25), fmt.Sprintf("s%d", i)
 		mustAdmit(t, nc, newConn(uid, sid, "gw"))

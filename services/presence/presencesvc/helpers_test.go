@@ -227,3 +227,19 @@ func mustJSON(t testing.TB, v any) []byte {
 	}
 	return b
 }
+
+// waitServing waits until presence answers nc: on a cluster the service's
+// interest reaches the other nodes a moment after it starts.
+func waitServing(t testing.TB, nc *nats.Conn) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		_, err := nc.Request(subject.PresenceList, []byte(`{"userId":"nobody"}`), time.Second)
+		if !errors.Is(err, nats.ErrNoResponders) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("presence does not answer")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
