@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/switchboard-rt/switchboard/pkg/ops"
 	"github.com/switchboard-rt/switchboard/services/auth/authsvc"
 	"github.com/switchboard-rt/switchboard/services/devstack/devstack"
 	"github.com/switchboard-rt/switchboard/services/devstack/load"
@@ -51,7 +51,7 @@ func parseBench(args []string, stderr io.Writer) (benchArgs, error) {
 	fs.StringVar(&b.secret, "secret", "", "HS256 secret that signs the clients' tokens (default: the development stack's)")
 	fs.IntVar(&b.pid, "pid", 0, "the server's process id, to read its CPU and memory from /proc")
 	fs.BoolVar(&b.spawn, "spawn", false, "run a development stack of this binary as the server (on free ports), and stop it at the end")
-	fs.BoolVar(&b.short, "short", false, "small sizes and short steps: every scenario in about two minutes")
+	fs.BoolVar(&b.short, "short", false, "small sizes and short steps: every scenario in about 50 s")
 	fs.IntVar(&b.conns, "conns", 10000, "idle: connections")
 	fs.DurationVar(&b.window, "window", 50*time.Second, "idle: how long CPU is measured (pings come every ping interval: measure over whole intervals)")
 	fs.IntVar(&b.concurrency, "concurrency", 50, "handshake: connections opened at a time")
@@ -128,16 +128,11 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 		defer srv.stop()
 		b.url, b.natsURL, b.pid = srv.url, srv.natsURL, srv.pid
 	}
-	secret := b.secret
-	if secret == "" {
-		secret = devstack.AuthConfig().JWT.Secret
-	}
-	ac := devstack.AuthConfig()
 	t := load.Target{URL: b.url, PID: b.pid, Log: log, Token: func(uid string) (string, error) {
 		if b.secret != "" {
-			return authsvc.MintToken(secret, "", "", uid, time.Hour)
+			return authsvc.MintToken(b.secret, "", "", uid, time.Hour)
 		}
-		return authsvc.MintToken(secret, ac.JWT.Issuer, ac.JWT.Audience, uid, time.Hour)
+		return devstack.MintToken(uid, time.Hour)
 	}}
 	if slices.Contains(b.which, "notify") || slices.Contains(b.which, "broadcast") {
 		nc, err := nats.Connect(b.natsURL, nats.Name("switchboard-bench"))
@@ -260,14 +255,12 @@ func spawnStack(ctx context.Context, log *slog.Logger) (*spawned, error) {
 	}
 	s := &spawned{cmd: cmd, pid: cmd.Process.Pid, url: "http://" + addrs[0], natsURL: "nats://" + addrs[1], dir: dir}
 	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addrs[2] + "/readyz")
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
+	ready := func() bool {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		return ops.Probe(pctx, addrs[2], "/readyz") == nil
+	}
+	for !ready() {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			s.stop()
 			return nil, errors.New("the spawned stack did not become ready in 30 s")

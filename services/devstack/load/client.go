@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -26,10 +24,6 @@ type Client struct {
 	SID string
 
 	wmu sync.Mutex // one writer at a time
-
-	mu     sync.Mutex
-	nextID int
-	acks   map[int]chan []byte
 
 	done chan struct{}
 	err  error // why the read loop ended, after done
@@ -97,7 +91,7 @@ func Dial(ctx context.Context, server string, o DialOptions) (*Client, error) {
 	}
 	deadline, _ := ctx.Deadline()
 	_ = ws.SetReadDeadline(deadline)
-	c := &Client{ws: ws, acks: map[int]chan []byte{}, done: make(chan struct{})}
+	c := &Client{ws: ws, done: make(chan struct{})}
 	if err := c.handshake(o.Token); err != nil {
 		_ = ws.Close()
 		return nil, err
@@ -156,8 +150,8 @@ func (c *Client) write(b []byte) error {
 	return c.ws.WriteMessage(websocket.TextMessage, b)
 }
 
-// readLoop answers pings, hands events to on and acks to their waiters,
-// until the connection ends.
+// readLoop answers pings and hands events to on until the connection
+// ends.
 func (c *Client) readLoop(on EventFunc) {
 	defer close(c.done)
 	for {
@@ -176,18 +170,6 @@ func (c *Client) readLoop(on EventFunc) {
 		case bytes.HasPrefix(f, []byte("42")):
 			if name, arg, ok := splitEvent(f[2:]); ok && on != nil {
 				on(name, arg, at)
-			}
-		case bytes.HasPrefix(f, []byte("43")):
-			id, args, ok := splitAck(f[2:])
-			if !ok {
-				continue
-			}
-			c.mu.Lock()
-			ch := c.acks[id]
-			delete(c.acks, id)
-			c.mu.Unlock()
-			if ch != nil {
-				ch <- args
 			}
 		case bytes.HasPrefix(f, []byte("41")), len(f) == 1 && f[0] == '1':
 			c.err = errors.New("disconnected by the server")
@@ -217,64 +199,21 @@ func splitEvent(b []byte) (string, []byte, bool) {
 	return name, rest[1 : len(rest)-1], true
 }
 
-// splitAck splits `<id>[args]`.
-func splitAck(b []byte) (int, []byte, bool) {
-	i := bytes.IndexByte(b, '[')
-	if i <= 0 {
-		return 0, nil, false
-	}
-	id, err := strconv.Atoi(string(b[:i]))
-	if err != nil {
-		return 0, nil, false
-	}
-	return id, b[i:], true
-}
-
 // Emit sends an event with one argument (raw JSON; nil for none).
 func (c *Client) Emit(name string, arg []byte) error {
-	return c.write(eventFrame(-1, name, arg))
+	return c.write(eventFrame(name, arg))
 }
 
-// EmitAck sends an event asking for an ack and waits for it; it returns
-// the ack's arguments (a JSON array).
-func (c *Client) EmitAck(ctx context.Context, name string, arg []byte) ([]byte, error) {
-	ch := make(chan []byte, 1)
-	c.mu.Lock()
-	id := c.nextID
-	c.nextID++
-	c.acks[id] = ch
-	c.mu.Unlock()
-	if err := c.write(eventFrame(id, name, arg)); err != nil {
-		return nil, err
-	}
-	select {
-	case a := <-ch:
-		return a, nil
-	case <-c.done:
-		return nil, fmt.Errorf("connection ended: %w", c.err)
-	case <-ctx.Done():
-		c.mu.Lock()
-		delete(c.acks, id)
-		c.mu.Unlock()
-		return nil, ctx.Err()
-	}
-}
-
-func eventFrame(id int, name string, arg []byte) []byte {
-	var b strings.Builder
-	b.WriteString("42")
-	if id >= 0 {
-		b.WriteString(strconv.Itoa(id))
-	}
-	b.WriteString(`["`)
-	b.WriteString(name)
-	b.WriteByte('"')
+func eventFrame(name string, arg []byte) []byte {
+	b := make([]byte, 0, len(name)+len(arg)+8)
+	b = append(b, `42["`...)
+	b = append(b, name...)
+	b = append(b, '"')
 	if arg != nil {
-		b.WriteByte(',')
-		b.Write(arg)
+		b = append(b, ',')
+		b = append(b, arg...)
 	}
-	b.WriteByte(']')
-	return []byte(b.String())
+	return append(b, ']')
 }
 
 // Done is closed when the connection ended.

@@ -26,26 +26,6 @@ func TestSplitEvent(t *testing.T) {
 	}
 }
 
-func TestSplitAck(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		id   int
-		args string
-		ok   bool
-	}{
-		{`0[{"status":"ok"}]`, 0, `[{"status":"ok"}]`, true},
-		{`17[]`, 17, `[]`, true},
-		{`[1]`, 0, "", false},
-		{`x[1]`, 0, "", false},
-		{`12`, 0, "", false},
-	} {
-		id, args, ok := splitAck([]byte(tc.in))
-		if ok != tc.ok || id != tc.id || string(args) != tc.args {
-			t.Errorf("splitAck(%q) = %d, %q, %v", tc.in, id, args, ok)
-		}
-	}
-}
-
 func TestWSURL(t *testing.T) {
 	for _, tc := range []struct{ in, dev, want string }{
 		{"http://127.0.0.1:3000", "d", "ws://127.0.0.1:3000/socket.io/?EIO=4&deviceId=d&transport=websocket"},
@@ -63,10 +43,10 @@ func TestWSURL(t *testing.T) {
 }
 
 func TestEventFrame(t *testing.T) {
-	if got := string(eventFrame(-1, "timerStart", []byte(`{"dur":3}`))); got != `42["timerStart",{"dur":3}]` {
+	if got := string(eventFrame("timerStart", []byte(`{"dur":3}`))); got != `42["timerStart",{"dur":3}]` {
 		t.Errorf("frame %s", got)
 	}
-	if got := string(eventFrame(4, "timerList", nil)); got != `424["timerList"]` {
+	if got := string(eventFrame("timerStop", nil)); got != `42["timerStop"]` {
 		t.Errorf("frame %s", got)
 	}
 }

@@ -129,23 +129,3 @@ func StepSearch(start, limit int, factor float64, try func(rate int) bool) (int,
 	}
 	return good, steps
 }
-
-// Counter is a concurrency-safe count.
-type Counter struct {
-	mu sync.Mutex
-	n  int64
-}
-
-// Add adds d.
-func (c *Counter) Add(d int64) {
-	c.mu.Lock()
-	c.n += d
-	c.mu.Unlock()
-}
-
-// Load returns the count.
-func (c *Counter) Load() int64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n
-}

@@ -19,8 +19,13 @@ type authCache struct {
 	max int
 
 	mu sync.Mutex
-	m  map[[sha256.Size]byte]cachedID
+	m  map[tokenHash]cachedID
 }
+
+// tokenHash is what the cache knows of a token.
+type tokenHash [sha256.Size]byte
+
+func hashToken(token string) tokenHash { return sha256.Sum256([]byte(token)) }
 
 type cachedID struct {
 	id    api.VerifyReply
@@ -33,15 +38,15 @@ func newAuthCache(max int, ttl time.Duration) *authCache {
 	if max <= 0 || ttl <= 0 {
 		return nil
 	}
-	return &authCache{ttl: ttl, max: max, m: make(map[[sha256.Size]byte]cachedID)}
+	return &authCache{ttl: ttl, max: max, m: make(map[tokenHash]cachedID)}
 }
 
-// get returns the identity verified for token, if still valid at now.
-func (c *authCache) get(token string, now time.Time) (api.VerifyReply, bool) {
+// get returns the identity verified for the token of hash k, if still
+// valid at now.
+func (c *authCache) get(k tokenHash, now time.Time) (api.VerifyReply, bool) {
 	if c == nil {
 		return api.VerifyReply{}, false
 	}
-	k := sha256.Sum256([]byte(token))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[k]
@@ -55,8 +60,8 @@ func (c *authCache) get(token string, now time.Time) (api.VerifyReply, bool) {
 	return e.id, true
 }
 
-// put remembers id, verified for token at now.
-func (c *authCache) put(token string, id api.VerifyReply, now time.Time) {
+// put remembers id, verified at now for the token of hash k.
+func (c *authCache) put(k tokenHash, id api.VerifyReply, now time.Time) {
 	if c == nil {
 		return
 	}
@@ -67,7 +72,6 @@ func (c *authCache) put(token string, id api.VerifyReply, now time.Time) {
 	if !now.Before(until) {
 		return
 	}
-	k := sha256.Sum256([]byte(token))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.m[k]; !ok && len(c.m) >= c.max {

@@ -34,19 +34,19 @@ func TestAuthCache(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newAuthCache(10, 30*time.Second)
-			c.put("tok", tc.id, now)
-			got, ok := c.get("tok", now.Add(tc.after))
+			c.put(hashToken("tok"), tc.id, now)
+			got, ok := c.get(hashToken("tok"), now.Add(tc.after))
 			if ok != tc.hit || (ok && got != tc.id) {
 				t.Fatalf("get = %+v, %v; want hit %v", got, ok, tc.hit)
 			}
-			if _, ok := c.get("other", now); ok {
+			if _, ok := c.get(hashToken("other"), now); ok {
 				t.Fatal("another token hit")
 			}
 		})
 	}
 	t.Run("expired token not kept", func(t *testing.T) {
 		c := newAuthCache(10, time.Minute)
-		c.put("tok", api.VerifyReply{UserID: "x", Expires: now.Add(-time.Second)}, now)
+		c.put(hashToken("tok"), api.VerifyReply{UserID: "x", Expires: now.Add(-time.Second)}, now)
 		if c.len() != 0 {
 			t.Fatal("an expired identity was kept")
 		}
@@ -54,19 +54,19 @@ func TestAuthCache(t *testing.T) {
 	t.Run("bound", func(t *testing.T) {
 		c := newAuthCache(100, time.Minute)
 		for i := range 1000 {
-			c.put("tok"+strconv.Itoa(i), long, now)
+			c.put(hashToken("tok"+strconv.Itoa(i)), long, now)
 		}
 		if n := c.len(); n != 100 {
 			t.Fatalf("%d entries, want the bound 100", n)
 		}
-		if _, ok := c.get("tok999", now); !ok {
+		if _, ok := c.get(hashToken("tok999"), now); !ok {
 			t.Fatal("the newest entry was evicted")
 		}
 	})
 	t.Run("off", func(t *testing.T) {
 		for _, c := range []*authCache{newAuthCache(0, time.Minute), newAuthCache(10, 0)} {
-			c.put("tok", long, now)
-			if _, ok := c.get("tok", now); ok || c.len() != 0 {
+			c.put(hashToken("tok"), long, now)
+			if _, ok := c.get(hashToken("tok"), now); ok || c.len() != 0 {
 				t.Fatal("a disabled cache remembered")
 			}
 		}

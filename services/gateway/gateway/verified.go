@@ -49,7 +49,11 @@ func (g *Gateway) verify(ctx context.Context, c credentials) verdict {
 		return verdict{Msg: msg}
 	}
 	start := time.Now()
-	if id, ok := g.authCache.get(token, start); ok {
+	var k tokenHash
+	if g.authCache != nil {
+		k = hashToken(token)
+	}
+	if id, ok := g.authCache.get(k, start); ok {
 		g.metrics.authCached.Inc()
 		return verdict{ID: &id}
 	}
@@ -59,7 +63,7 @@ func (g *Gateway) verify(ctx context.Context, c credentials) verdict {
 	g.metrics.request(reqVerify, start)
 	switch code := natsx.CodeOf(err); {
 	case err == nil:
-		g.authCache.put(token, id, start)
+		g.authCache.put(k, id, start)
 		return verdict{ID: &id}
 	case code == api.CodeUnauthorized || code == api.CodeBadRequest:
 		return verdict{Msg: msgUnauthorized}

@@ -153,12 +153,12 @@ func (s *store) load(ctx context.Context, key string) (userDoc, uint64, error) {
 	return s.read(ctx, key, false)
 }
 
-// read is load, or with direct (when the store has a direct read) a read
+// read is load, or with direct (the store must have a direct read) a read
 // any replica may answer: cheaper, and possibly stale, which a
 // compare-and-set then catches.
 func (s *store) read(ctx context.Context, key string, direct bool) (userDoc, uint64, error) {
 	last := s.last
-	if direct && s.lastDirect != nil {
+	if direct {
 		last = s.lastDirect
 	}
 	if last != nil {
@@ -225,10 +225,11 @@ func (s *store) save(ctx context.Context, key string, doc userDoc, rev uint64) e
 // otherwise) and may refuse with an error, which mutate returns as is.
 func (s *store) mutate(ctx context.Context, key string, fn func(doc *userDoc, now int64) (bool, error)) error {
 	for attempt := range casAttempts {
-		// The first attempt reads directly; a decision not to write
-		// (nothing to change, a refusal) is taken again on the leader's
-		// value, and so is every retry.
-		direct := attempt == 0
+		// The first attempt reads directly where the store can (a
+		// one-replica bucket); a decision not to write (nothing to change,
+		// a refusal) is taken again on the leader's value, and so is every
+		// retry.
+		direct := attempt == 0 && s.lastDirect != nil
 		doc, rev, err := s.read(ctx, key, direct)
 		if err != nil {
 			return err

@@ -506,3 +506,36 @@ func TestConnectedGetsCurrentTick(t *testing.T) {
 	newConn.none(t, 300*time.Millisecond)
 	otherConn.none(t, 0)
 }
+
+// A decision not to write rests on one read of the leader's value: after a
+// direct read it is read again; without a direct read, once.
+func TestMutateReadsForNoWrite(t *testing.T) {
+	for _, direct := range []bool{true, false} {
+		t.Run(fmt.Sprint(direct), func(t *testing.T) {
+			var leader, replica int
+			s := &store{log: testLog(t), partitions: 8,
+				last: func(context.Context, string) (*jetstream.RawStreamMsg, error) {
+					leader++
+					return nil, jetstream.ErrMsgNotFound
+				}}
+			if direct {
+				s.lastDirect = func(context.Context, string) (*jetstream.RawStreamMsg, error) {
+					replica++
+					return nil, jetstream.ErrMsgNotFound
+				}
+			}
+			calls := 0
+			err := s.mutate(context.Background(), "k", func(*userDoc, int64) (bool, error) { calls++; return false, nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantReplica, wantCalls := 0, 1
+			if direct {
+				wantReplica, wantCalls = 1, 2
+			}
+			if leader != 1 || replica != wantReplica || calls != wantCalls {
+				t.Fatalf("leader reads %d, direct reads %d, decisions %d; want 1, %d, %d", leader, replica, calls, wantReplica, wantCalls)
+			}
+		})
+	}
+}
