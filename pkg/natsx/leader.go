@@ -111,9 +111,79 @@ func LastMsgDirect(ctx context.Context, nc *nats.Conn, stream, subj string) (*je
 	default:
 		return nil, fmt.Errorf("get last message of %s: status %s %s", subj, st, m.Header.Get("Description"))
 	}
+	r, err := directMsg(m)
+	if err != nil {
+		return nil, fmt.Errorf("get last message of %s: %w", subj, err)
+	}
+	return r, nil
+}
+
+// MaxDirectBatch is the most subjects LastMsgsDirect reads at once (the
+// server answers at most 1024 messages to one multi-subject direct get).
+const MaxDirectBatch = 1024
+
+// LastMsgsDirect reads the last message of each of subjs in stream with one
+// direct get (a multi_last request, answered by any replica like
+// LastMsgDirect, with one message per subject that has one and then an end
+// of batch). Subjects without a message are absent from the result.
+func LastMsgsDirect(ctx context.Context, nc *nats.Conn, stream string, subjs []string) (map[string]*jetstream.RawStreamMsg, error) {
+	if len(subjs) > MaxDirectBatch {
+		return nil, fmt.Errorf("get last messages: %d subjects, at most %d", len(subjs), MaxDirectBatch)
+	}
+	out := make(map[string]*jetstream.RawStreamMsg, len(subjs))
+	if len(subjs) == 0 {
+		return out, nil
+	}
+	req, err := json.Marshal(struct {
+		MultiLast []string `json:"multi_last"`
+	}{subjs})
+	if err != nil {
+		return nil, err
+	}
+	inbox := nc.NewInbox()
+	// The answer is at most one message per subject and the end of batch: a
+	// channel of that size never drops one (a synchronous subscription
+	// would allocate a channel of the connection's default length).
+	ch := make(chan *nats.Msg, len(subjs)+1)
+	sub, err := nc.ChanSubscribe(inbox, ch)
+	if err != nil {
+		return nil, fmt.Errorf("get last messages: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+		return nil, fmt.Errorf("get last messages: %w", err)
+	}
+	for {
+		var m *nats.Msg
+		select {
+		case m = <-ch:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("get last messages of %d subjects: %w", len(subjs), ctx.Err())
+		}
+		switch st, desc := m.Header.Get("Status"), m.Header.Get("Description"); {
+		case st == "204": // end of batch
+			return out, nil
+		case st == "404" && desc == "No Results":
+			return out, nil
+		case st == "503" && len(m.Data) == 0:
+			return nil, fmt.Errorf("get last messages: %w", nats.ErrNoResponders)
+		case st != "":
+			return nil, fmt.Errorf("get last messages: status %s %s", st, desc)
+		}
+		r, err := directMsg(m)
+		if err != nil {
+			return nil, fmt.Errorf("get last messages: %w", err)
+		}
+		out[r.Subject] = r
+	}
+}
+
+// directMsg is a stored message as a direct get answers it: the stream's
+// headers (subject, sequence, time) added to the message's own.
+func directMsg(m *nats.Msg) (*jetstream.RawStreamMsg, error) {
 	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
 	if err != nil {
-		return nil, fmt.Errorf("get last message of %s: bad sequence %q", subj, m.Header.Get(jetstream.SequenceHeader))
+		return nil, fmt.Errorf("bad sequence %q", m.Header.Get(jetstream.SequenceHeader))
 	}
 	t, _ := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
 	return &jetstream.RawStreamMsg{Subject: m.Header.Get(jetstream.SubjectHeader), Sequence: seq, Header: m.Header, Data: m.Data, Time: t}, nil

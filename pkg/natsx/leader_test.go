@@ -3,6 +3,7 @@ package natsx
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -67,4 +68,75 @@ func FuzzParseHeader(f *testing.F) {
 			t.Fatal("nil header without error")
 		}
 	})
+}
+
+// LastMsgsDirect reads values and delete markers of many subjects at once,
+// leaves out the subjects without messages, and refuses more subjects than
+// the server answers.
+func TestLastMsgsDirect(t *testing.T) {
+	srv := natstest.Run(t)
+	nc := srv.Conn(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev1, err := kv.PutString(ctx, "k1", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.PutString(ctx, "k2", "v2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Purge(ctx, "k2"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LastMsgsDirect(ctx, nc, "KV_b", []string{"$KV.b.k1", "$KV.b.k2", "$KV.b.none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("got %d messages, want 2: %v", len(got), got)
+	}
+	if m := got["$KV.b.k1"]; m == nil || string(m.Data) != "v1" || m.Sequence != rev1 || m.Time.IsZero() {
+		t.Fatalf("k1: %+v", m)
+	}
+	if m := got["$KV.b.k2"]; m == nil || m.Header.Get("KV-Operation") != "PURGE" || m.Sequence != rev1+2 {
+		t.Fatalf("k2: %+v", m)
+	}
+	for _, tc := range []struct {
+		name   string
+		stream string
+		subjs  []string
+		ok     bool
+	}{
+		{"nothing asked", "KV_b", nil, true},
+		{"none found", "KV_b", []string{"$KV.b.none"}, true},
+		{"at the bound", "KV_b", manySubjects(MaxDirectBatch), true},
+		{"past the bound", "KV_b", manySubjects(MaxDirectBatch + 1), false},
+		{"missing stream", "KV_none", []string{"$KV.none.k"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := LastMsgsDirect(ctx, nc, tc.stream, tc.subjs)
+			if (err == nil) != tc.ok {
+				t.Fatalf("err %v, want ok %v", err, tc.ok)
+			}
+			if tc.ok && len(got) != 0 {
+				t.Fatalf("got %d messages, want none", len(got))
+			}
+		})
+	}
+}
+
+func manySubjects(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = "$KV.b.many." + strconv.Itoa(i)
+	}
+	return out
 }

@@ -221,3 +221,107 @@ func BenchmarkSteady10k(b *testing.B) {
 	b.ReportMetric(p(lags, 1), "late-max-ms")
 	b.ReportMetric(0, "ns/op")
 }
+
+// BenchmarkStartBurst sends n timerStart events at once to one instance
+// on embedded NATS (as the gateway forwards them) and reports when each
+// device's first tick arrives at a subscriber of every device subject.
+func BenchmarkStartBurst(b *testing.B) {
+	for _, n := range []int{2000, 10000} {
+		b.Run("timers="+strconv.Itoa(n), func(b *testing.B) { startBurst(b, n) })
+	}
+}
+
+func startBurst(b *testing.B, n int) {
+	s := natstest.Run(b)
+	pubNC, subNC, svcNC := s.Conn(b), s.Conn(b), s.Conn(b)
+	cfg := DefaultConfig()
+	svc, err := Start(context.Background(), testLog(b), svcNC, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = svc.Stop() })
+	for t0 := time.Now(); len(svc.Status().Partitions) < cfg.Partitions; {
+		if time.Since(t0) > 10*time.Second {
+			b.Fatal("partitions not taken")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var (
+		mu    sync.Mutex
+		sent  = make(map[string]time.Time, n)
+		first []time.Duration
+		cpu   time.Duration
+	)
+	sub, err := subNC.Subscribe("sb.out.device.>", func(m *nats.Msg) {
+		now := time.Now()
+		if m.Header.Get("Sb-Event") != "tick" {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if t, ok := sent[m.Subject]; ok {
+			first = append(first, now.Sub(t))
+			delete(sent, m.Subject)
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		b.Fatal(err)
+	}
+	if err := subNC.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		msgs := make([]*nats.Msg, n)
+		subjs := make([]string, n)
+		for j := range msgs {
+			uid := "u" + strconv.Itoa(i) + "-" + strconv.Itoa(j)
+			m := nats.NewMsg("sb.in.timerStart")
+			m.Header.Set("Sb-User", uid)
+			m.Header.Set("Sb-Device", "phone")
+			m.Header.Set("Sb-Socket", "s"+uid)
+			m.Header.Set("Sb-Event", "timerStart")
+			m.Data = []byte(`[{"dur":3}]`)
+			msgs[j] = m
+			subjs[j] = "sb.out.device." + uid + ".phone"
+		}
+		cpu0 := cpuTime()
+		mu.Lock()
+		now := time.Now()
+		for _, subj := range subjs {
+			sent[subj] = now
+		}
+		mu.Unlock()
+		for _, m := range msgs {
+			if err := pubNC.PublishMsg(m); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for t0 := time.Now(); ; time.Sleep(5 * time.Millisecond) {
+			mu.Lock()
+			left := len(sent)
+			mu.Unlock()
+			if left == 0 {
+				break
+			}
+			if time.Since(t0) > 20*time.Second {
+				b.Fatalf("%d of %d timers without a first tick", left, n)
+			}
+		}
+		cpu += cpuTime() - cpu0
+	}
+	b.StopTimer()
+	mu.Lock()
+	defer mu.Unlock()
+	slices.Sort(first)
+	p := func(q float64) float64 {
+		return float64(first[min(len(first)-1, int(float64(len(first))*q))].Microseconds()) / 1000
+	}
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N*n), "cpu-us/start")
+	b.ReportMetric(p(0.5), "first-p50-ms")
+	b.ReportMetric(p(0.99), "first-p99-ms")
+	b.ReportMetric(0, "ns/op")
+}

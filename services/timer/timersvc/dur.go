@@ -29,21 +29,19 @@ func parseStart(args []json.RawMessage) (int, string) {
 	if len(raw) == 0 || raw[0] != '{' {
 		return 0, msgStartUsage
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var obj map[string]any
-	if err := dec.Decode(&obj); err != nil || obj == nil {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
 		return 0, msgStartUsage
 	}
 	v, ok := obj["dur"]
 	if !ok {
 		return 0, msgDurMissing
 	}
-	n, ok := v.(json.Number)
-	if !ok {
+	// A JSON number literal starts with a minus sign or a digit.
+	if len(v) == 0 || (v[0] != '-' && (v[0] < '0' || v[0] > '9')) {
 		return 0, msgDurType
 	}
-	return parseDur(string(n))
+	return parseDur(string(v))
 }
 
 // parseDur checks a JSON number literal exactly (no float rounding): it must

@@ -12,6 +12,7 @@ type collector struct {
 	s                                  *Service
 	active, partitions, members, ticks *prometheus.Desc
 	lateness                           *prometheus.Desc
+	batches, batched                   *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*collector)(nil)
@@ -25,11 +26,13 @@ func (s *Service) Collectors() []prometheus.Collector {
 		members:    prometheus.NewDesc("switchboard_timer_members", "Live timer instances this instance sees (itself included).", nil, nil),
 		ticks:      prometheus.NewDesc("switchboard_timer_ticks_total", "Ticks this instance sent.", nil, nil),
 		lateness:   prometheus.NewDesc("switchboard_timer_tick_lateness_seconds", "How late each tick left this instance, against its due time.", nil, nil),
+		batches:    prometheus.NewDesc("switchboard_timer_write_batches_total", "Batches of timer changes read and written together (one-replica buckets).", nil, nil),
+		batched:    prometheus.NewDesc("switchboard_timer_batched_changes_total", "Timer changes that went through a batch.", nil, nil),
 	}}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.active, c.partitions, c.members, c.ticks, c.lateness} {
+	for _, d := range []*prometheus.Desc{c.active, c.partitions, c.members, c.ticks, c.lateness, c.batches, c.batched} {
 		ch <- d
 	}
 }
@@ -47,4 +50,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		buckets[b.Seconds()] = cum
 	}
 	ch <- prometheus.MustNewConstHistogram(c.lateness, st.Ticks, sum.Seconds(), buckets)
+	var batches, batched uint64
+	if b := c.s.store.batch; b != nil {
+		batches, batched = b.batches.Load(), b.changes.Load()
+	}
+	ch <- prometheus.MustNewConstMetric(c.batches, prometheus.CounterValue, float64(batches))
+	ch <- prometheus.MustNewConstMetric(c.batched, prometheus.CounterValue, float64(batched))
 }

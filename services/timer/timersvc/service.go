@@ -36,7 +36,7 @@ const (
 	// opTimeout bounds the storage work of one request, retries included.
 	opTimeout = 3 * time.Second
 	// maxInFlight bounds the client events handled at once per instance.
-	maxInFlight = 64
+	maxInFlight = 1024
 	// flushTimeout bounds each wait of Stop (draining, pending removals).
 	flushTimeout = 2 * time.Second
 )
@@ -150,12 +150,28 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 		stopLease: make(chan struct{}),
 	}
 	s.ticker = newTicker(log, nc, cfg.Partitions, cfg.TickBatch, s.pushEdge)
+	// A change this instance wrote reaches its ticker at once, not only
+	// through the partition's watch: a new timer's first tick does not wait
+	// for the watch's delivery.
+	s.store.written = func(key string, rev uint64, doc *userDoc) {
+		if uid, err := uidFromKey(key); err == nil {
+			s.ticker.written(uid, rev, doc, time.Now())
+		}
+	}
+	if s.store.lastDirect != nil {
+		s.store.batch = newBatcher(log, js, nc, cfg.Bucket, markerTTL)
+		s.store.batch.written = s.store.written
+	}
 	s.edges = newEdger(log, js, stream, s.ticker.live, s.enqueueRemoval)
 	s.coord = newCoordinator(log, cfg, kv, markerTTL, holder, instance, s.ticker, s)
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.runCtx, s.cancel = runCtx, cancel
 	s.wg.Add(3)
+	if s.store.batch != nil {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.store.batch.run(runCtx) }()
+	}
 	go func() { defer s.wg.Done(); s.ticker.sched.Run(runCtx) }()
 	go func() { defer s.wg.Done(); s.removals.run(runCtx, s.removeBatch) }()
 	go func() { defer s.wg.Done(); s.edges.run(runCtx) }()
@@ -505,6 +521,17 @@ const eventPatience = 3 * time.Second
 // storeMsg stores m in the events stream, retrying for up to eventPatience
 // while the stream does not answer; m's message id makes a repeat harmless.
 func (s *Service) storeMsg(ctx context.Context, m *nats.Msg) error {
+	// First an asynchronous publish: a burst of requests shares its
+	// acknowledgements' subscription and costs no request state each.
+	if ack, err := s.js.PublishMsgAsync(m); err == nil {
+		select {
+		case <-ack.Ok():
+			return nil
+		case <-ack.Err():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	return natsx.Retry(ctx, eventPatience, func(ctx context.Context) error {
 		_, err := s.js.PublishMsg(ctx, m)
 		return err

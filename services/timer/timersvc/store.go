@@ -140,6 +140,12 @@ type store struct {
 	last func(ctx context.Context, key string) (*jetstream.RawStreamMsg, error)
 	// lastDirect reads it with a direct get (any replica).
 	lastDirect func(ctx context.Context, key string) (*jetstream.RawStreamMsg, error)
+	// batch, where set (with lastDirect), takes the first attempt of each
+	// change, batched with the changes of other requests.
+	batch *batcher
+	// written, if set, learns the stored doc and revision of each change
+	// written with a new value (not of removals).
+	written func(key string, rev uint64, doc *userDoc)
 }
 
 // key is the KV key of a user's timers.
@@ -165,14 +171,12 @@ func (s *store) read(ctx context.Context, key string, direct bool) (userDoc, uin
 		m, err := last(ctx, key)
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
-			return userDoc{Timers: map[string]record{}}, 0, nil
+			m = nil
 		case err != nil:
 			return userDoc{}, 0, fmt.Errorf("get %s: %w", key, err)
-		case m.Header.Get("KV-Operation") != "" || m.Header.Get(jetstream.MarkerReasonHeader) != "":
-			// Removed: no timers, written after the marker.
-			return userDoc{Timers: map[string]record{}}, m.Sequence, nil
 		}
-		return decodeDoc(s.log, key, m.Data), m.Sequence, nil
+		doc, rev := docOf(s.log, key, m)
+		return doc, rev, nil
 	}
 	e, err := s.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -183,6 +187,19 @@ func (s *store) read(ctx context.Context, key string, direct bool) (userDoc, uin
 	}
 	doc := decodeDoc(s.log, key, e.Value())
 	return doc, e.Revision(), nil
+}
+
+// docOf is the doc stored in m, the last message of key's subject (nil:
+// none), and the revision to write it back at.
+func docOf(log *slog.Logger, key string, m *jetstream.RawStreamMsg) (userDoc, uint64) {
+	switch {
+	case m == nil:
+		return userDoc{Timers: map[string]record{}}, 0
+	case m.Header.Get("KV-Operation") != "" || m.Header.Get(jetstream.MarkerReasonHeader) != "":
+		// Removed: no timers, written after the marker.
+		return userDoc{Timers: map[string]record{}}, m.Sequence
+	}
+	return decodeDoc(log, key, m.Data), m.Sequence
 }
 
 // decodeDoc parses a user's doc; a corrupt value counts as no timers (and
@@ -213,9 +230,12 @@ func (s *store) save(ctx context.Context, key string, doc userDoc, rev uint64) e
 		return fmt.Errorf("encode %s: %w", key, err)
 	}
 	if rev == 0 {
-		_, err = s.kv.Create(ctx, key, data)
+		rev, err = s.kv.Create(ctx, key, data)
 	} else {
-		_, err = s.kv.Update(ctx, key, data, rev)
+		rev, err = s.kv.Update(ctx, key, data, rev)
+	}
+	if err == nil && s.written != nil {
+		s.written(key, rev, &doc)
 	}
 	return err
 }
@@ -224,12 +244,22 @@ func (s *store) save(ctx context.Context, key string, doc userDoc, rev uint64) e
 // conflicts. fn reports whether it changed the doc (nothing is written
 // otherwise) and may refuse with an error, which mutate returns as is.
 func (s *store) mutate(ctx context.Context, key string, fn func(doc *userDoc, now int64) (bool, error)) error {
+	readDirect := s.lastDirect != nil
+	if s.batch != nil {
+		switch r := s.batch.do(ctx, key, fn); r.outcome {
+		case written:
+			return nil
+		case unknown:
+			return r.err
+		}
+		readDirect = false // the batch read directly already
+	}
 	for attempt := range casAttempts {
 		// The first attempt reads directly where the store can (a
 		// one-replica bucket); a decision not to write (nothing to change,
 		// a refusal) is taken again on the leader's value, and so is every
 		// retry.
-		direct := attempt == 0 && s.lastDirect != nil
+		direct := attempt == 0 && readDirect
 		doc, rev, err := s.read(ctx, key, direct)
 		if err != nil {
 			return err

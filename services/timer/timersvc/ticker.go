@@ -187,6 +187,25 @@ func (t *ticker) owned() ([]int, int) {
 	return ps, n
 }
 
+// written applies a change of uid's doc that this instance wrote at
+// revision rev (doc nil: removed) to the partition's term, if this instance
+// drives the partition: the change takes effect without waiting for the
+// partition's watch, which then finds the revision applied already.
+func (t *ticker) written(uid string, rev uint64, doc *userDoc, now time.Time) {
+	p := PartitionOf(uid, t.nparts)
+	t.mu.Lock()
+	ps := t.parts[p]
+	live := ps != nil && now.Before(ps.until)
+	var gen uint64
+	if live {
+		gen = ps.gen
+	}
+	t.mu.Unlock()
+	if live {
+		t.apply(p, gen, uid, rev, doc, now)
+	}
+}
+
 // apply brings the index of uid (in partition p, term gen) in line with doc,
 // the user's value in KV (nil when the key was removed). New and replaced
 // timers send their current tick at once, unless the previous holder sent
