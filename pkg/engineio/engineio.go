@@ -35,6 +35,8 @@ type Packet struct {
 	Type   Type
 	Data   []byte
 	Binary bool
+	// text is Text() computed once (see Shared), or nil.
+	text []byte
 }
 
 func (t Type) String() string {
@@ -89,8 +91,23 @@ func (p Packet) AppendText(dst []byte) []byte {
 	return append(dst, p.Data...)
 }
 
-// Text returns the text form of a non-binary packet.
-func (p Packet) Text() []byte { return p.AppendText(make([]byte, 0, len(p.Data)+1)) }
+// Text returns the text form of a non-binary packet. The text of a packet
+// from Shared is shared: the caller must not modify it.
+func (p Packet) Text() []byte {
+	if p.text != nil {
+		return p.text
+	}
+	return p.AppendText(make([]byte, 0, len(p.Data)+1))
+}
+
+// Shared returns p with its text form computed once, for a packet sent to
+// many connections: Text then returns that one encoding to every caller.
+func (p Packet) Shared() Packet {
+	if !p.Binary {
+		p.text = p.Text()
+	}
+	return p
+}
 
 // MaxPayloadPackets bounds the packets of one long-polling payload.
 const MaxPayloadPackets = 4096

@@ -243,3 +243,23 @@ func TestDecodePayloadPacketBound(t *testing.T) {
 		t.Fatalf("refusing 1 MB of packets allocated %d KB", a>>10)
 	}
 }
+
+// A shared packet is encoded once: every Text is the same bytes, without
+// an allocation, and equal to the packet's own encoding.
+func TestSharedText(t *testing.T) {
+	p := Packet{Type: Message, Data: []byte(`2["news",{"n":1}]`)}
+	s := p.Shared()
+	if !bytes.Equal(s.Text(), p.Text()) {
+		t.Fatalf("shared text %q, want %q", s.Text(), p.Text())
+	}
+	if &s.Text()[0] != &s.Text()[0] {
+		t.Fatal("shared text encoded again")
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = s.Text() }); n != 0 {
+		t.Fatalf("%v allocations per Text of a shared packet", n)
+	}
+	b := Packet{Type: Message, Data: []byte{1, 2}, Binary: true}.Shared()
+	if got := string(b.AppendText(nil)); got != "bAQI=" {
+		t.Fatalf("binary packet text %q", got)
+	}
+}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -160,4 +161,56 @@ func BenchmarkHandshakeParallel(b *testing.B) {
 			time.Sleep(5 * time.Millisecond) // let the release land before reconnecting
 		}
 	})
+}
+
+// BenchmarkBroadcast publishes b.N broadcasts to 200 connected clients that
+// read everything, at most 32 broadcasts in flight (the send queues are
+// bounded): the fan-out's cost per delivery, encoded once per broadcast.
+func BenchmarkBroadcast(b *testing.B) {
+	const conns = 200
+	st := newStack(b, func(c *Config, _ *presencesvc.Config) { c.PingInterval = time.Hour })
+	var got atomic.Int64
+	for i := range conns {
+		c, _, err := websocket.DefaultDialer.Dial(st.url(""), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = c.Close() })
+		_, _, _ = c.ReadMessage()
+		_ = c.WriteMessage(websocket.TextMessage, []byte(`40{"token":"`+st.token(fmt.Sprintf("user-%d", i))+`"}`))
+		if _, msg, err := c.ReadMessage(); err != nil || msg[1] != '0' {
+			b.Fatalf("connect: %q %v", msg, err)
+		}
+		go func() {
+			for {
+				if _, msg, err := c.ReadMessage(); err != nil {
+					return
+				} else if bytes.HasPrefix(msg, []byte(`42["news"`)) {
+					got.Add(1)
+				}
+			}
+		}()
+	}
+	cl := client.New(st.nc)
+	payload := map[string]any{"text": "hello", "n": 1}
+	wait := func(n int64) {
+		for deadline := time.Now().Add(20 * time.Second); got.Load() < n; time.Sleep(100 * time.Microsecond) {
+			if time.Now().After(deadline) {
+				b.Fatalf("%d of %d deliveries", got.Load(), n)
+			}
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		if i >= 32 {
+			wait(int64(i-32) * conns)
+		}
+		if err := cl.Broadcast("news", payload); err != nil {
+			b.Fatal(err)
+		}
+	}
+	wait(int64(b.N) * conns)
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*conns), "ns/delivery")
 }

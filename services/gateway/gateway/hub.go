@@ -272,7 +272,8 @@ func (h *hub) deliverAll(m *nats.Msg) {
 }
 
 // deliver sends one sb.out message to its local recipients. The packet is
-// encoded once per namespace, not per recipient.
+// encoded once per namespace, down to its WebSocket frame, not per
+// recipient.
 func (g *Gateway) deliver(m *nats.Msg, to []*socket) {
 	name := header(m, api.HeaderEvent)
 	if name == "" || socketio.Reserved(name) {
@@ -309,6 +310,11 @@ func (g *Gateway) deliver(m *nats.Msg, to []*socket) {
 		ps, ok := byNS[s.ns]
 		if !ok {
 			ps = sioPackets(socketio.Event, s.ns, false, 0, payload)
+			if len(to) > 1 {
+				for i := range ps {
+					ps[i] = ps[i].Shared()
+				}
+			}
 			if byNS == nil {
 				byNS = map[string][]engineio.Packet{}
 			}
