@@ -1,8 +1,16 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
+	"time"
+
+	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/engineio"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
+	"github.com/switchboard-rt/switchboard/pkg/socketio"
+	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
 
 // CONNECT_ERROR messages of CONTRACT §2.1 (exact: clients match on them).
@@ -93,4 +101,152 @@ func deviceID(query []string, auth json.RawMessage, socketID string) (string, bo
 		return s, validDeviceID(s)
 	}
 	return socketID, true
+}
+
+// connect runs the handshake of CONTRACT §2.1 for one CONNECT packet:
+// identify, subscribe, admit, then `40`. A refusal is a CONNECT_ERROR and
+// leaves the engine open for another CONNECT.
+func (c *sioConn) connect(p socketio.Packet) {
+	g := c.e.g
+	ns := p.Namespace
+	if !g.nsAllow[ns] {
+		c.connectError(ns, msgInvalidNamespace)
+		return
+	}
+	var auth map[string]json.RawMessage
+	if len(p.Data) > 0 {
+		if err := json.Unmarshal(p.Data, &auth); err != nil {
+			c.e.malformed(err)
+			return
+		}
+	}
+	c.e.mu.Lock()
+	if c.e.closedLocked() || c.sockets[ns] != nil {
+		c.e.mu.Unlock() // a CONNECT for a namespace already joined (or joining) is ignored
+		return
+	}
+	s := &socket{e: c.e, ns: ns, id: newID(), acks: map[uint64]string{}}
+	c.sockets[ns] = s
+	c.e.mu.Unlock()
+
+	id, msg := c.identify(s, auth)
+	if msg == "" {
+		msg = c.admit(s, id.UserID)
+	}
+	if msg != "" {
+		c.e.mu.Lock()
+		if c.sockets[ns] == s {
+			delete(c.sockets, ns)
+		}
+		s.state = stateClosed
+		c.e.mu.Unlock()
+		c.connectError(ns, msg)
+		return
+	}
+
+	c.e.mu.Lock()
+	if c.e.closedLocked() || s.state != statePending {
+		c.e.mu.Unlock()
+		g.hub.removeSocket(s, true) // the client left during the handshake
+		return
+	}
+	s.state = stateConnected
+	sid, _ := json.Marshal(map[string]string{"sid": s.id})
+	c.e.sendLocked(engineio.Packet{Type: engineio.Message, Data: socketio.Packet{Type: socketio.Connect, Namespace: ns, Data: sid}.Encode()})
+	c.e.sendLocked(s.pending...)
+	s.pending = nil
+	c.e.mu.Unlock()
+	g.sched.Cancel(timerKey{e: c.e, kind: timerConnect})
+	if g.cfg.ExpireSockets && !id.Expires.IsZero() {
+		g.sched.Set(timerKey{s: s, kind: timerExpiry}, id.Expires)
+		if !s.isConnected() {
+			// Removed meanwhile: its removal may have cancelled before the
+			// timer was set.
+			g.sched.Cancel(timerKey{s: s, kind: timerExpiry})
+		}
+	}
+	connectArgs := json.RawMessage("[]")
+	if g.opts.forwardAuth && len(p.Data) > 0 {
+		connectArgs = socketio.ArrayPayload(p.Data)
+	}
+	g.metrics.handshake("")
+	s.announced.Store(true)
+	s.publishLifecycle(api.EventConnect, connectArgs)
+	c.e.log().Debug("socket connected", "socket", s.id, "user", id.UserID, "device", s.conn.DeviceID, "namespace", ns)
+}
+
+// identify settles who is connecting: the device id, and the user from the
+// auth service (the socket id without auth). It fills s.conn, or returns
+// the CONNECT_ERROR message.
+func (c *sioConn) identify(s *socket, auth map[string]json.RawMessage) (api.VerifyReply, string) {
+	g := c.e.g
+	devID, ok := deviceID(c.e.query["deviceId"], auth["deviceId"], s.id)
+	if !ok {
+		return api.VerifyReply{}, msgInvalidDevice
+	}
+	id := api.VerifyReply{UserID: s.id}
+	if !g.opts.noAuth {
+		v, ok := c.e.verdictFor(auth["token"]) // checked by the gateway that forwarded it
+		if !ok {
+			v = g.verify(g.ctx, credentials{
+				authToken:  auth["token"],
+				header:     c.e.header.Get("Authorization"),
+				query:      first(c.e.query["token"]),
+				allowQuery: g.cfg.AllowQueryToken,
+			})
+		}
+		if v.Msg != "" {
+			return id, v.Msg
+		}
+		id = *v.ID
+	}
+	s.conn = api.Conn{
+		SocketID:  s.id,
+		UserID:    id.UserID,
+		DeviceID:  devID,
+		IP:        c.e.ip,
+		UserAgent: c.e.userAgent,
+		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
+		Gateway:   g.id,
+	}
+	return id, ""
+}
+
+// admit subscribes the socket's delivery subjects, then takes its slot in
+// presence, or returns the CONNECT_ERROR message. Subscribing comes first:
+// presence's `connections` update for this socket is published after the
+// admit and must not be missed.
+func (c *sioConn) admit(s *socket, uid string) string {
+	g := c.e.g
+	if err := g.hub.addSocket(s); err != nil {
+		c.e.log().Warn("subscribe socket", "err", err)
+		return msgUnavailable
+	}
+	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RequestTimeout)
+	deadline, _ := ctx.Deadline()
+	start := time.Now()
+	_, err := natsx.Request[api.AdmitReply](ctx, g.nc, subject.PresenceAdmit, api.AdmitRequest{Conn: s.conn, Deadline: deadline})
+	g.metrics.request(reqAdmit, start)
+	cancel()
+	if err == nil {
+		return ""
+	}
+	if natsx.CodeOf(err) == api.CodeTooMany {
+		g.hub.removeSocket(s, false)
+		return msgTooMany
+	}
+	// A timed-out admit may still have taken the slot: release anyway, and
+	// once more later in case the admit is still on its way.
+	g.hub.removeSocket(s, true)
+	req := api.ReleaseRequest{SocketID: s.id, UserID: uid}
+	time.AfterFunc(g.cfg.RequestTimeout, func() { g.release(req) })
+	c.e.log().Warn("admit connection", "err", err)
+	return msgUnavailable
+}
+
+func first(v []string) string {
+	if len(v) == 0 {
+		return ""
+	}
+	return v[0]
 }
