@@ -252,7 +252,7 @@ func TestSharedText(t *testing.T) {
 	if !bytes.Equal(s.Text(), p.Text()) {
 		t.Fatalf("shared text %q, want %q", s.Text(), p.Text())
 	}
-	if &s.Text()[0] != &s.Text()[0] {
+	if a, b := s.Text(), s.Text(); &a[0] != &b[0] {
 		t.Fatal("shared text encoded again")
 	}
 	if n := testing.AllocsPerRun(100, func() { _ = s.Text() }); n != 0 {
