@@ -17,6 +17,12 @@ const (
 	// HeaderArgs set to "array" on a delivery says the body is the JSON
 	// array of the event's arguments rather than its single argument.
 	HeaderArgs = "Sb-Args"
+	// HeaderRevision orders the deliveries to one connection that carry it
+	// (presence's `connections`, with the revision of the user's key it
+	// lists): the gateway delivers one only if its revision is above the
+	// last it delivered to that connection, so updates from instances that
+	// crossed on the way never leave an older list last.
+	HeaderRevision = "Sb-Revision"
 )
 
 // ArgsArray is the value of HeaderArgs for multi-argument deliveries.

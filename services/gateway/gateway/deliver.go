@@ -67,6 +67,14 @@ func (g *Gateway) deliver(m *nats.Msg, to []*socket) {
 		}
 		return
 	}
+	var rev uint64
+	if v := header(m, api.HeaderRevision); v != "" {
+		var err error
+		if rev, err = strconv.ParseUint(v, 10, 64); err != nil {
+			g.log.Warn("delivery with a bad "+api.HeaderRevision+" header dropped", "subject", m.Subject, "revision", v)
+			return
+		}
+	}
 	payload := socketio.EventPayload(name, args...)
 	var byNS map[string][]engineio.Packet
 	for _, s := range to {
@@ -83,7 +91,7 @@ func (g *Gateway) deliver(m *nats.Msg, to []*socket) {
 			}
 			byNS[s.ns] = ps
 		}
-		s.deliver(ps...)
+		s.deliverAt(rev, ps...)
 	}
 }
 

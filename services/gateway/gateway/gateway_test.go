@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -700,4 +701,46 @@ func TestRepeatedRefusalsCloseTheEngine(t *testing.T) {
 		t.Fatalf("last try: %q", got)
 	}
 	w.expectClosed(2 * time.Second)
+}
+
+// Deliveries to a socket that carry Sb-Revision arrive only when newer than
+// every revision it got before (presence's `connections` from instances
+// whose updates crossed); those without it always arrive, and a bad
+// revision is dropped.
+func TestDeliveryRevisionsKeepTheNewest(t *testing.T) {
+	st := newStack(t)
+	w, sid := st.mustConnect("ann", "")
+	subj, err := subject.OutConn(sid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Above any revision of presence's own update for this socket.
+	const base = 1 << 40
+	for _, tc := range []struct {
+		rev  string
+		data string
+	}{
+		{strconv.Itoa(base + 5), `"r5"`},
+		{strconv.Itoa(base + 3), `"r3"`},
+		{strconv.Itoa(base + 5), `"r5 again"`},
+		{"", `"plain"`},
+		{"x7", `"bad"`},
+		{strconv.Itoa(base + 7), `"r7"`},
+	} {
+		m := nats.NewMsg(subj)
+		m.Header.Set(api.HeaderEvent, "list")
+		if tc.rev != "" {
+			m.Header.Set(api.HeaderRevision, tc.rev)
+		}
+		m.Data = []byte(tc.data)
+		must(t, st.nc.PublishMsg(m))
+	}
+	for _, want := range []string{`42["list","r5"]`, `42["list","plain"]`, `42["list","r7"]`} {
+		if got := w.expect(`42["list"`); got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	}
+	if s, err := w.skipUpdates(200 * time.Millisecond); err == nil {
+		t.Fatalf("unexpected %q", s)
+	}
 }

@@ -45,8 +45,9 @@ type socket struct {
 	conn api.Conn
 
 	// Guarded by e.mu.
-	state   socketState
-	pending []engineio.Packet // deliveries that arrived before the CONNECT reply
+	state    socketState
+	pending  []engineio.Packet // deliveries that arrived before the CONNECT reply
+	revision uint64            // the highest api.HeaderRevision delivered
 
 	ackMu    sync.Mutex
 	nextAck  uint64
@@ -73,9 +74,21 @@ func (s *socket) markClosed() bool {
 
 // deliver queues Engine.IO packets for the socket (together, in order),
 // holding them while the CONNECT reply has not been sent.
-func (s *socket) deliver(ps ...engineio.Packet) {
+func (s *socket) deliver(ps ...engineio.Packet) { s.deliverAt(0, ps...) }
+
+// deliverAt queues ps as deliver does, if rev (api.HeaderRevision; 0: none)
+// is above every revision delivered to the socket so far; an older one is
+// dropped.
+func (s *socket) deliverAt(rev uint64, ps ...engineio.Packet) {
 	e := s.e
 	e.mu.Lock()
+	if rev != 0 {
+		if rev <= s.revision {
+			e.mu.Unlock()
+			return
+		}
+		s.revision = rev
+	}
 	switch s.state {
 	case statePending:
 		if len(s.pending)+len(ps) > e.g.cfg.SendQueue || packetBytes(s.pending)+packetBytes(ps) > e.g.cfg.SendQueueBytes {

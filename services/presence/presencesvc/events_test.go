@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -231,9 +232,11 @@ func TestDisconnectRequest(t *testing.T) {
 	none(t, gw1)
 }
 
-// When two instances change one user at the same time, the last update each
-// socket gets is the user's final state.
-func TestConnectionsConvergeAcrossInstances(t *testing.T) {
+// When two instances change one user at the same time, their updates may
+// cross on the way; each carries the revision it lists, and the newest
+// update each socket gets (the one the gateway keeps) is the user's final
+// state.
+func TestConnectionsNewestAcrossInstances(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxConnectionsPerUser = 16
 	srv, nc1 := setup(t, cfg)
@@ -271,8 +274,16 @@ func TestConnectionsConvergeAcrossInstances(t *testing.T) {
 	}
 	for _, c := range final {
 		var last []byte
+		var newest uint64
 		for len(subs[c.SocketID]) > 0 {
-			last = (<-subs[c.SocketID]).Data
+			m := <-subs[c.SocketID]
+			rev, err := strconv.ParseUint(m.Header.Get(api.HeaderRevision), 10, 64)
+			if err != nil || rev == 0 {
+				t.Fatalf("%s: update without a revision: %q", c.SocketID, m.Header.Get(api.HeaderRevision))
+			}
+			if rev > newest {
+				newest, last = rev, m.Data
+			}
 		}
 		var others []string
 		for _, o := range final {

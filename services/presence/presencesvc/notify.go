@@ -1,10 +1,12 @@
 package presencesvc
 
 import (
-	"context"
 	"encoding/json"
+	"fmt"
+	"strconv"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/client"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
 
@@ -34,17 +36,15 @@ func publicConn(c api.Conn) PublicConn {
 	}
 }
 
-// convergeRounds bounds the re-sends of converge.
-const convergeRounds = 3
-
 // changed announces one change of a user's connections: u is the written
 // update and c the connection that came (connected) or went. The caller
 // holds the user's lock, so this instance sends a user's updates in the
-// order of its writes.
-func (s *Service) changed(ctx context.Context, u updated, c api.Conn, connected bool) {
+// order of its writes; those of other instances may cross them on the way,
+// and each update carries its revision so that the gateway keeps the
+// newest (api.HeaderRevision).
+func (s *Service) changed(u updated, c api.Conn, connected bool) {
 	if s.cfg.ConnectionsEvents && len(u.conns) > 0 {
-		s.sendConnections(u.conns)
-		s.converge(ctx, u.key, u.rev)
+		s.sendConnections(u.conns, u.rev)
 	}
 	subj := subject.EventDisconnected
 	if connected {
@@ -60,44 +60,34 @@ func (s *Service) changed(ctx context.Context, u updated, c api.Conn, connected 
 	}
 }
 
-// converge keeps the last `connections` update of a user right when
-// several presence instances change the user at once and their updates
-// cross on the way. Once the update for revision rev has reached the server
-// (flush), the key is read again: unchanged means any later change is sent
-// after ours; changed means ours may have overtaken a newer update, so the
-// current list is sent again (and checked the same way, a bounded number of
-// times).
-func (s *Service) converge(ctx context.Context, key string, rev uint64) {
-	for range convergeRounds {
-		if err := s.nc.FlushWithContext(ctx); err != nil {
-			s.log.Warn("flush connections update", "err", err)
-			return
-		}
-		conns, cur, err := s.load(ctx, key)
-		if err != nil {
-			s.log.Warn("re-read after connections update", "key", key, "err", err)
-			return
-		}
-		if cur == rev {
-			return
-		}
-		rev = cur
-		s.sendConnections(conns)
-	}
-}
-
-// sendConnections gives every connection the list of the user's others.
-func (s *Service) sendConnections(conns []api.Conn) {
+// sendConnections gives every connection the list of the user's others,
+// as of revision rev of the user's key.
+func (s *Service) sendConnections(conns []api.Conn, rev uint64) {
 	pub := make([]PublicConn, len(conns))
 	for i, c := range conns {
 		pub[i] = publicConn(c)
 	}
+	revision := strconv.FormatUint(rev, 10)
 	for i, c := range conns {
 		others := make([]PublicConn, 0, len(pub)-1)
 		others = append(others, pub[:i]...)
 		others = append(others, pub[i+1:]...)
-		if err := s.client.NotifyConn(c.SocketID, api.EventConnections, others); err != nil {
+		err := s.sendConnection(c.SocketID, others, revision)
+		if err != nil {
 			s.log.Warn("send connections", "socket", c.SocketID, "err", err)
 		}
 	}
+}
+
+func (s *Service) sendConnection(socketID string, others []PublicConn, revision string) error {
+	subj, err := subject.OutConn(socketID)
+	if err != nil {
+		return fmt.Errorf("build subject: %w", err)
+	}
+	m, err := client.DeliveryMsg(subj, api.EventConnections, others)
+	if err != nil {
+		return err
+	}
+	m.Header.Set(api.HeaderRevision, revision)
+	return s.nc.PublishMsg(m)
 }

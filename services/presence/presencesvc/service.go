@@ -22,7 +22,6 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
-	"github.com/switchboard-rt/switchboard/pkg/client"
 	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
@@ -103,7 +102,6 @@ type Service struct {
 	kv        jetstream.KeyValue
 	kvPrefix  string // subject prefix of the bucket's keys
 	markerTTL time.Duration
-	client    *client.Client
 	svc       micro.Service
 	subs      []*nats.Subscription
 	hbSub     *nats.Subscription // gateway heartbeats
@@ -147,7 +145,6 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 		kv:        kv,
 		kvPrefix:  "$KV." + cfg.Bucket + ".",
 		markerTTL: mttl,
-		client:    client.New(nc),
 		lastSeen:  map[string]time.Time{},
 		reported:  map[string]uint64{},
 		mismatch:  map[string]int{},
@@ -318,7 +315,7 @@ func (s *Service) admit(ctx context.Context, req api.AdmitRequest) (api.AdmitRep
 		return api.AdmitReply{}, err
 	}
 	if u.changed {
-		s.changed(ctx, u, c, true)
+		s.changed(u, c, true)
 	}
 	return api.AdmitReply{Connections: len(u.conns)}, nil
 }
@@ -393,7 +390,7 @@ func (s *Service) release(ctx context.Context, uid, socketID string) (api.Conn, 
 		}
 	}
 	s.metrics.releases.Inc()
-	s.changed(ctx, u, gone, false)
+	s.changed(u, gone, false)
 	return gone, true, nil
 }
 
