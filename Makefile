@@ -121,7 +121,7 @@ bench: build
 	@$(BIN)/devstack bench -spawn -short all | tee $(BIN)/bench/load.txt
 	@for m in $(MODULES); do \
 		echo "== bench $$m"; \
-		(cd $$m && $(GOWS) test -run='^$$' -bench=. -benchmem ./...) || echo "FAIL bench $$m"; \
+		(cd $$m && $(GOWS) test -short -run='^$$' -bench=. -benchmem ./...) || echo "FAIL bench $$m"; \
 	done | tee $(BIN)/bench/go.txt
 	@! grep -q '^FAIL bench' $(BIN)/bench/go.txt
 
