@@ -168,7 +168,7 @@ func LastMsgsDirect(ctx context.Context, nc *nats.Conn, stream string, subjs []s
 		case st == "503" && len(m.Data) == 0:
 			return nil, fmt.Errorf("get last messages: %w", nats.ErrNoResponders)
 		case st != "":
-			return nil, fmt.Errorf("get last messages: status %s %s", st, desc)
+			return nil, fmt.Errorf("get last messages: %w", &StatusError{Status: st, Description: desc})
 		}
 		r, err := directMsg(m)
 		if err != nil {
@@ -177,6 +177,16 @@ func LastMsgsDirect(ctx context.Context, nc *nats.Conn, stream string, subjs []s
 		out[r.Subject] = r
 	}
 }
+
+// StatusError is a direct get answered with a status instead of messages:
+// "408 Empty Request" from a server that does not know multi_last, for
+// instance.
+type StatusError struct {
+	Status      string
+	Description string
+}
+
+func (e *StatusError) Error() string { return "status " + e.Status + " " + e.Description }
 
 // directMsg is a stored message as a direct get answers it: the stream's
 // headers (subject, sequence, time) added to the message's own.

@@ -140,3 +140,30 @@ func manySubjects(n int) []string {
 	}
 	return out
 }
+
+// A status answer (here: more messages than the server sends at once,
+// asked through a wildcard) comes back as a StatusError.
+func TestLastMsgsDirectStatus(t *testing.T) {
+	srv := natstest.Run(t)
+	nc := srv.Conn(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range MaxDirectBatch + 1 {
+		if _, err := kv.PutString(ctx, "many."+strconv.Itoa(i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = LastMsgsDirect(ctx, nc, "KV_b", []string{"$KV.b.many.>"})
+	var se *StatusError
+	if !errors.As(err, &se) || se.Status != "413" {
+		t.Fatalf("err %v, want status 413", err)
+	}
+}

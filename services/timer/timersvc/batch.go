@@ -38,6 +38,10 @@ type batcher struct {
 
 	// Since start: batches read, and the changes they carried.
 	batches, changes atomic.Uint64
+	// off is set when the server answered a batched read with a status
+	// (one that does not know multi-key direct gets): every change then
+	// goes one by one.
+	off atomic.Bool
 
 	mu    sync.Mutex
 	busy  map[string]bool // keys with a write not yet acknowledged
@@ -98,6 +102,9 @@ func newBatcher(log *slog.Logger, js jetstream.JetStream, nc *nats.Conn, bucket 
 // which comes within about opTimeout: the caller must not apply fn again to
 // a change whose write may land.
 func (b *batcher) do(ctx context.Context, key string, fn func(doc *userDoc, now int64) (bool, error)) batchResult {
+	if b.off.Load() {
+		return batchResult{outcome: notTaken}
+	}
 	j := &batchJob{key: key, fn: fn, done: make(chan batchResult, 1)}
 	select {
 	case b.jobs <- j:
@@ -201,6 +208,10 @@ func (b *batcher) send(jobs []*batchJob) []pendingWrite {
 		subjs[i] = b.prefix + j.key
 	}
 	msgs, err := b.read(ctx, subjs)
+	var status *natsx.StatusError
+	if errors.As(err, &status) && !b.off.Swap(true) {
+		b.log.Warn("the server does not answer batched reads; timer changes go one by one", "err", err)
+	}
 	if err != nil {
 		b.log.Debug("batched read failed, changes go one by one", "changes", len(jobs), "err", err)
 		for _, j := range jobs {

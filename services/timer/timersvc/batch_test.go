@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -275,5 +276,29 @@ func TestWrittenAppliesAtOnce(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if n := pub.count(); n != 1 {
 		t.Fatalf("%d ticks, want 1", n)
+	}
+}
+
+// A server that answers batched reads with a status (one without
+// multi-key direct gets) turns batching off: the change comes back
+// untouched, and later changes go one by one without asking again.
+func TestBatcherOffWhenUnsupported(t *testing.T) {
+	t.Parallel()
+	var reads atomic.Int32
+	unsupported := func(context.Context, []string) (map[string]*jetstream.RawStreamMsg, error) {
+		reads.Add(1)
+		return nil, fmt.Errorf("get last messages: %w", &natsx.StatusError{Status: "408", Description: "Empty Request"})
+	}
+	e := newBatchEnv(t, unsupported)
+	for range 3 {
+		if r := e.b.do(context.Background(), "t.0.alice", addTimer("phone")); r.outcome != notTaken {
+			t.Fatalf("outcome %v (%v), want notTaken", r.outcome, r.err)
+		}
+	}
+	if n := reads.Load(); n != 1 {
+		t.Fatalf("%d batched reads, want 1", n)
+	}
+	if _, ok := e.get(t, "t.0.alice"); ok {
+		t.Fatal("a change was written")
 	}
 }
