@@ -92,7 +92,7 @@ func TestRun(t *testing.T) {
 	if p := opstest.Value(metrics, "switchboard_timer_partitions_owned"); p < 1 || p > float64(cfg.Timer.Partitions) {
 		t.Errorf("partitions owned %v", p)
 	}
-	// The start went through a batch (a one-replica bucket).
+	// The start went through a batch.
 	if opstest.Value(metrics, "switchboard_timer_write_batches_total") < 1 || opstest.Value(metrics, "switchboard_timer_batched_changes_total") < 1 {
 		t.Errorf("no batched change counted:\n%s", metrics)
 	}

@@ -17,13 +17,14 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/natsx"
 )
 
-// batcher pipelines the changes of concurrent requests on a one-replica
-// bucket (a burst of timerStart): one goroutine reads the keys of every
-// waiting change with one direct get, applies the changes and publishes
-// their writes, and goes on with the next batch while the acknowledgements
-// of the last come back. What it cannot settle goes back to the caller,
-// which takes the one-by-one path of store.mutate: a decision to write
-// nothing (taken on a value any replica may have answered), a conflict.
+// batcher pipelines the changes of concurrent requests (a burst of
+// timerStart): one goroutine reads the keys of every waiting change with
+// one direct get, applies the changes and publishes their writes, and goes
+// on with the next batch while the acknowledgements of the last come back.
+// Any replica may answer the read; a stale value fails the write's
+// compare-and-set. What it cannot settle goes back to the caller, which
+// takes the one-by-one path of store.mutate on the leader's value: a
+// decision to write nothing, a conflict.
 type batcher struct {
 	log       *slog.Logger
 	js        jetstream.JetStream

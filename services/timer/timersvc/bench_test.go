@@ -225,16 +225,25 @@ func BenchmarkSteady10k(b *testing.B) {
 // BenchmarkStartBurst sends n timerStart events at once to one instance
 // on embedded NATS (as the gateway forwards them) and reports when each
 // device's first tick arrives at a subscriber of every device subject.
+//
+// nodes=3 runs a three-node cluster of NATS processes with an R3 bucket.
 func BenchmarkStartBurst(b *testing.B) {
 	for _, n := range []int{2000, 10000} {
-		b.Run("timers="+strconv.Itoa(n), func(b *testing.B) { startBurst(b, n) })
+		b.Run("timers="+strconv.Itoa(n), func(b *testing.B) {
+			s := natstest.Run(b)
+			startBurst(b, n, s.Conn, DefaultConfig())
+		})
 	}
+	b.Run("nodes=3/timers=2000", func(b *testing.B) {
+		c := natstest.RunCluster(b, 3)
+		cfg := DefaultConfig()
+		cfg.Replicas = 3
+		startBurst(b, 2000, c.Conn, cfg)
+	})
 }
 
-func startBurst(b *testing.B, n int) {
-	s := natstest.Run(b)
-	pubNC, subNC, svcNC := s.Conn(b), s.Conn(b), s.Conn(b)
-	cfg := DefaultConfig()
+func startBurst(b *testing.B, n int, conn func(testing.TB, ...nats.Option) *nats.Conn, cfg Config) {
+	pubNC, subNC, svcNC := conn(b), conn(b), conn(b)
 	svc, err := Start(context.Background(), testLog(b), svcNC, cfg)
 	if err != nil {
 		b.Fatal(err)

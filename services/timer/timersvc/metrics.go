@@ -26,7 +26,7 @@ func (s *Service) Collectors() []prometheus.Collector {
 		members:    prometheus.NewDesc("switchboard_timer_members", "Live timer instances this instance sees (itself included).", nil, nil),
 		ticks:      prometheus.NewDesc("switchboard_timer_ticks_total", "Ticks this instance sent.", nil, nil),
 		lateness:   prometheus.NewDesc("switchboard_timer_tick_lateness_seconds", "How late each tick left this instance, against its due time.", nil, nil),
-		batches:    prometheus.NewDesc("switchboard_timer_write_batches_total", "Batches of timer changes read and written together (one-replica buckets).", nil, nil),
+		batches:    prometheus.NewDesc("switchboard_timer_write_batches_total", "Batches of timer changes read and written together.", nil, nil),
 		batched:    prometheus.NewDesc("switchboard_timer_batched_changes_total", "Timer changes that went through a batch.", nil, nil),
 	}}
 }

@@ -158,20 +158,15 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config) (*S
 			s.ticker.written(uid, rev, doc, time.Now())
 		}
 	}
-	if s.store.lastDirect != nil {
-		s.store.batch = newBatcher(log, js, nc, cfg.Bucket, markerTTL)
-		s.store.batch.written = s.store.written
-	}
+	s.store.batch = newBatcher(log, js, nc, cfg.Bucket, markerTTL)
+	s.store.batch.written = s.store.written
 	s.edges = newEdger(log, js, stream, s.ticker.live, s.enqueueRemoval)
 	s.coord = newCoordinator(log, cfg, kv, markerTTL, holder, instance, s.ticker, s)
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.runCtx, s.cancel = runCtx, cancel
-	s.wg.Add(3)
-	if s.store.batch != nil {
-		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.store.batch.run(runCtx) }()
-	}
+	s.wg.Add(4)
+	go func() { defer s.wg.Done(); s.store.batch.run(runCtx) }()
 	go func() { defer s.wg.Done(); s.ticker.sched.Run(runCtx) }()
 	go func() { defer s.wg.Done(); s.removals.run(runCtx, s.removeBatch) }()
 	go func() { defer s.wg.Done(); s.edges.run(runCtx) }()

@@ -140,8 +140,8 @@ type store struct {
 	last func(ctx context.Context, key string) (*jetstream.RawStreamMsg, error)
 	// lastDirect reads it with a direct get (any replica).
 	lastDirect func(ctx context.Context, key string) (*jetstream.RawStreamMsg, error)
-	// batch, where set (with lastDirect), takes the first attempt of each
-	// change, batched with the changes of other requests.
+	// batch, where set, takes the first attempt of each change, batched
+	// with the changes of other requests.
 	batch *batcher
 	// written, if set, learns the stored doc and revision of each change
 	// written with a new value (not of removals).
