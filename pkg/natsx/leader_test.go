@@ -21,18 +21,7 @@ func TestLastMsg(t *testing.T) {
 		get  func(context.Context, *nats.Conn, string, string) (*jetstream.RawStreamMsg, error)
 	}{{"leader", LastMsg}, {"direct", LastMsgDirect}} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := natstest.Run(t)
-			nc := srv.Conn(t)
-			js, err := jetstream.New(nc)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "b"})
-			if err != nil {
-				t.Fatal(err)
-			}
+			ctx, nc, kv := bucketB(t)
 			rev, err := kv.PutString(ctx, "k", "v1")
 			if err != nil {
 				t.Fatal(err)
@@ -74,18 +63,7 @@ func FuzzParseHeader(f *testing.F) {
 // leaves out the subjects without messages, and refuses more subjects than
 // the server answers.
 func TestLastMsgsDirect(t *testing.T) {
-	srv := natstest.Run(t)
-	nc := srv.Conn(t)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "b"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, nc, kv := bucketB(t)
 	rev1, err := kv.PutString(ctx, "k1", "v1")
 	if err != nil {
 		t.Fatal(err)
@@ -144,26 +122,33 @@ func manySubjects(n int) []string {
 // A status answer (here: more messages than the server sends at once,
 // asked through a wildcard) comes back as a StatusError.
 func TestLastMsgsDirectStatus(t *testing.T) {
-	srv := natstest.Run(t)
-	nc := srv.Conn(t)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "b"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, nc, kv := bucketB(t)
 	for i := range MaxDirectBatch + 1 {
 		if _, err := kv.PutString(ctx, "many."+strconv.Itoa(i), "v"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err = LastMsgsDirect(ctx, nc, "KV_b", []string{"$KV.b.many.>"})
+	_, err := LastMsgsDirect(ctx, nc, "KV_b", []string{"$KV.b.many.>"})
 	var se *StatusError
 	if !errors.As(err, &se) || se.Status != "413" {
 		t.Fatalf("err %v, want status 413", err)
 	}
+}
+
+// bucketB is a key-value bucket "b" on an embedded server, a connection to
+// it, and a context bounding the test's requests.
+func bucketB(t *testing.T) (context.Context, *nats.Conn, jetstream.KeyValue) {
+	t.Helper()
+	nc := natstest.Run(t).Conn(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, nc, kv
 }

@@ -90,16 +90,7 @@ func BenchmarkTickNATS(b *testing.B) {
 	s := natstest.Run(b)
 	pubNC, subNC := s.Conn(b), s.Conn(b)
 	var got atomic.Int64
-	sub, err := subNC.Subscribe("sb.out.device.>", func(*nats.Msg) { got.Add(1) })
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := sub.SetPendingLimits(-1, -1); err != nil {
-		b.Fatal(err)
-	}
-	if err := subNC.Flush(); err != nil {
-		b.Fatal(err)
-	}
+	subscribeDevices(b, subNC, func(*nats.Msg) { got.Add(1) })
 	burst(b, pubNC, got.Load)
 }
 
@@ -136,7 +127,7 @@ func BenchmarkSteady10k(b *testing.B) {
 		pubLags     []time.Duration // when the ticker handed them to NATS
 	)
 	const dur = 3
-	sub, err := subNC.Subscribe("sb.out.device.>", func(m *nats.Msg) {
+	subscribeDevices(b, subNC, func(m *nats.Msg) {
 		now := time.Now()
 		mu.Lock()
 		defer mu.Unlock()
@@ -151,15 +142,6 @@ func BenchmarkSteady10k(b *testing.B) {
 			lags = append(lags, lag)
 		}
 	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := sub.SetPendingLimits(-1, -1); err != nil {
-		b.Fatal(err)
-	}
-	if err := subNC.Flush(); err != nil {
-		b.Fatal(err)
-	}
 	pub := publisherFunc(func(m *nats.Msg) error {
 		err := pubNC.PublishMsg(m)
 		if r := tickValue(m.Data); r < dur {
@@ -261,7 +243,7 @@ func startBurst(b *testing.B, n int, conn func(testing.TB, ...nats.Option) *nats
 		first []time.Duration
 		cpu   time.Duration
 	)
-	sub, err := subNC.Subscribe("sb.out.device.>", func(m *nats.Msg) {
+	subscribeDevices(b, subNC, func(m *nats.Msg) {
 		now := time.Now()
 		if m.Header.Get("Sb-Event") != "tick" {
 			return
@@ -273,15 +255,6 @@ func startBurst(b *testing.B, n int, conn func(testing.TB, ...nats.Option) *nats
 			delete(sent, m.Subject)
 		}
 	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := sub.SetPendingLimits(-1, -1); err != nil {
-		b.Fatal(err)
-	}
-	if err := subNC.Flush(); err != nil {
-		b.Fatal(err)
-	}
 	b.ResetTimer()
 	for i := range b.N {
 		msgs := make([]*nats.Msg, n)
@@ -333,4 +306,20 @@ func startBurst(b *testing.B, n int, conn func(testing.TB, ...nats.Option) *nats
 	b.ReportMetric(p(0.5), "first-p50-ms")
 	b.ReportMetric(p(0.99), "first-p99-ms")
 	b.ReportMetric(0, "ns/op")
+}
+
+// subscribeDevices has fn receive every device delivery, without a bound
+// on the subscription's pending messages, from when it returns.
+func subscribeDevices(b *testing.B, nc *nats.Conn, fn nats.MsgHandler) {
+	b.Helper()
+	sub, err := nc.Subscribe("sb.out.device.>", fn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		b.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		b.Fatal(err)
+	}
 }
