@@ -37,8 +37,9 @@ type batcher struct {
 	jobs    chan *batchJob
 	quit    chan struct{} // closed when run returns
 
-	// Since start: batches read, and the changes they carried.
-	batches, changes atomic.Uint64
+	// Since start: batches read, and the changes they carried; rounds of
+	// run's loop.
+	batches, changes, rounds atomic.Uint64
 	// off is set when the server answered a batched read with a status
 	// (one that does not know multi-key direct gets): every change then
 	// goes one by one.
@@ -130,6 +131,7 @@ func (b *batcher) run(ctx context.Context) {
 		b.acks.Wait()
 	}()
 	for {
+		b.rounds.Add(1)
 		batch := later
 		later = nil
 		select {
@@ -150,25 +152,29 @@ func (b *batcher) run(ctx context.Context) {
 			}
 		}
 		jobs := make([]*batchJob, 0, min(len(batch), natsx.MaxDirectBatch))
+		full := false // changes left over for want of room, not of their key
 		b.mu.Lock()
 		for _, j := range batch {
-			if b.busy[j.key] || len(jobs) == natsx.MaxDirectBatch {
+			switch {
+			case b.busy[j.key]:
+				later = append(later, j) // freeing the key wakes the loop
+			case len(jobs) == natsx.MaxDirectBatch:
 				later = append(later, j)
-				continue
+				full = true
+			default:
+				b.busy[j.key] = true
+				jobs = append(jobs, j)
 			}
-			b.busy[j.key] = true
-			jobs = append(jobs, j)
 		}
 		b.mu.Unlock()
-		if len(jobs) == 0 {
-			continue
+		if len(jobs) > 0 {
+			if pending := b.send(jobs); len(pending) > 0 {
+				b.acks.Add(1)
+				go func() { defer b.acks.Done(); b.await(pending) }()
+			}
 		}
-		if pending := b.send(jobs); len(pending) > 0 {
-			b.acks.Add(1)
-			go func() { defer b.acks.Done(); b.await(pending) }()
-		}
-		if len(later) > 0 {
-			b.poke() // serve them as soon as there is room
+		if full {
+			b.poke() // the next batch takes them at once
 		}
 	}
 }

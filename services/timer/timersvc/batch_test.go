@@ -302,3 +302,28 @@ func TestBatcherOffWhenUnsupported(t *testing.T) {
 		t.Fatal("a change was written")
 	}
 }
+
+// Changes of one key wait for each other's acknowledgement without the
+// batcher spinning meanwhile: it wakes when a key is freed or a change
+// arrives, a few times per change.
+func TestBatcherWaitsWithoutSpinning(t *testing.T) {
+	t.Parallel()
+	e := newBatchEnv(t, nil)
+	const changes = 50
+	var wg sync.WaitGroup
+	for d := range changes {
+		wg.Go(func() {
+			if r := e.b.do(context.Background(), "t.0.one", addTimer(fmt.Sprintf("d%d", d))); r.outcome != written {
+				t.Errorf("outcome %v (%v), want written", r.outcome, r.err)
+			}
+		})
+	}
+	wg.Wait()
+	if doc, _ := e.get(t, "t.0.one"); len(doc.Timers) != changes {
+		t.Fatalf("%d timers, want %d", len(doc.Timers), changes)
+	}
+	if n := e.b.rounds.Load(); n > 4*changes {
+		t.Fatalf("%d rounds of the batcher for %d changes of one key", n, changes)
+	}
+	t.Logf("%d rounds for %d changes", e.b.rounds.Load(), changes)
+}
