@@ -224,3 +224,28 @@ func StopOps(s *ops.Server) error {
 	}
 	return nil
 }
+
+// StartPatience bounds how long a service keeps trying to start while NATS
+// answers with errors a later attempt may not see: JetStream electing its
+// leaders after a node restarted, a stream without quorum for a moment.
+const StartPatience = time.Minute
+
+// Start calls start until it succeeds, fails for good, ctx ends or
+// StartPatience passes (natsx.Retry: each attempt at most 5 s), logging
+// each failure it tries again after. start must leave nothing running when
+// it fails.
+func Start[T any](ctx context.Context, log *slog.Logger, start func(context.Context) (T, error)) (T, error) {
+	var out T
+	err := natsx.Retry(ctx, StartPatience, func(ctx context.Context) error {
+		v, err := start(ctx)
+		if err != nil {
+			if natsx.Transient(err) {
+				log.Warn("start failed, trying again", "err", err)
+			}
+			return err
+		}
+		out = v
+		return nil
+	})
+	return out, err
+}

@@ -45,7 +45,7 @@ func Retry(ctx context.Context, patience time.Duration, fn func(context.Context)
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := fn(actx)
 		cancel()
-		if err == nil || !transient(err) || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
+		if err == nil || !Transient(err) || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
 			return err
 		}
 		select {
@@ -57,9 +57,9 @@ func Retry(ctx context.Context, patience time.Duration, fn func(context.Context)
 	}
 }
 
-// transient reports errors that a later attempt may not see: timeouts, no
+// Transient reports errors that a later attempt may not see: timeouts, no
 // responders, JetStream briefly without a leader or quorum.
-func transient(err error) bool {
+func Transient(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) ||
 		errors.Is(err, jetstream.ErrNoStreamResponse) {
 		return true

@@ -62,7 +62,9 @@ func run(ctx context.Context, log *slog.Logger, cfg mainConfig) error {
 		log.Info("provisioned", "bucket", cfg.Presence.Bucket)
 		return nil
 	}
-	svc, err := presencesvc.Start(ctx, log, nc, cfg.Presence)
+	svc, err := boot.Start(ctx, log, func(ctx context.Context) (*presencesvc.Service, error) {
+		return presencesvc.Start(ctx, log, nc, cfg.Presence)
+	})
 	if err != nil {
 		return fmt.Errorf("start presence: %w", err)
 	}

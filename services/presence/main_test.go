@@ -131,3 +131,56 @@ func waitStatus(t *testing.T, addr, path string, code int) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// Started while JetStream has no quorum (two of three NATS nodes down, as
+// when nodes restart during an election), run keeps trying instead of
+// exiting, past the 30 s a bucket's opening waits by itself, and serves
+// once the nodes are back.
+func TestRunWaitsForJetStream(t *testing.T) {
+	c := natstest.RunCluster(t, 3)
+	c.WaitJetStream(30 * time.Second)
+	c.Kill(1)
+	c.Kill(2)
+	cfg := defaultConfig()
+	cfg.NATS.URL = c.URL(0)
+	cfg.Ops.Listen = ""
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg) }()
+	select {
+	case err := <-done:
+		t.Fatalf("run returned while JetStream had no quorum: %v", err)
+	case <-time.After(35 * time.Second):
+	}
+	c.Restart(1)
+	c.Restart(2)
+	nc := c.Conn(t)
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := natsx.Request[api.ListReply](rctx, nc, subject.PresenceList, api.ListRequest{UserID: "alice"})
+		rcancel()
+		if err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("run returned: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("presence not serving after the nodes came back: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return")
+	}
+}

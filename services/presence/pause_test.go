@@ -21,6 +21,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	natstest.ServeIfChild() // natstest.RunCluster's nodes
 	if os.Getenv("PRESENCE_TEST_CHILD") == "1" {
 		main()
 		return

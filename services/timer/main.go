@@ -77,7 +77,9 @@ func run(ctx context.Context, log *slog.Logger, cfg Config) error {
 		log.Info("provisioned", "bucket", cfg.Timer.Bucket, "stream", cfg.Timer.EventsStream)
 		return nil
 	}
-	svc, err := timersvc.Start(ctx, log, nc, cfg.Timer)
+	svc, err := boot.Start(ctx, log, func(ctx context.Context) (*timersvc.Service, error) {
+		return timersvc.Start(ctx, log, nc, cfg.Timer)
+	})
 	if err != nil {
 		return err
 	}

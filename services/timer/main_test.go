@@ -13,6 +13,7 @@ import (
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
 	"github.com/switchboard-rt/switchboard/pkg/natstest"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/pkg/ops/opstest"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
@@ -101,6 +102,59 @@ func TestRun(t *testing.T) {
 	}
 	if code := opstest.Status(cfg.Ops.Listen, "/readyz"); code != 200 {
 		t.Errorf("readyz %d", code)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return")
+	}
+}
+
+// Started while JetStream has no quorum (two of three NATS nodes down, as
+// when nodes restart during an election), run keeps trying instead of
+// exiting, past the 30 s a bucket's opening waits by itself, and serves
+// (`sb.timer.list` answers) once the nodes are back.
+func TestRunWaitsForJetStream(t *testing.T) {
+	c := natstest.RunCluster(t, 3)
+	c.WaitJetStream(30 * time.Second)
+	c.Kill(1)
+	c.Kill(2)
+	cfg := DefaultConfig()
+	cfg.NATS.URL = c.URL(0)
+	cfg.Ops.Listen = ""
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg) }()
+	select {
+	case err := <-done:
+		t.Fatalf("run returned while JetStream had no quorum: %v", err)
+	case <-time.After(35 * time.Second):
+	}
+	c.Restart(1)
+	c.Restart(2)
+	nc := c.Conn(t)
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := natsx.Request[api.TimerListReply](rctx, nc, subject.TimerListAPI, api.TimerListRequest{UserID: "alice"})
+		rcancel()
+		if err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("run returned: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timer not serving after the nodes came back: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	cancel()
 	select {
