@@ -134,11 +134,14 @@ func (e *engine) sendLocked(ps ...engineio.Packet) {
 // closedLocked reports whether the engine is closed; e.mu is held.
 func (e *engine) closedLocked() bool { return e.closed }
 
+// pingPacket is the heartbeat's ping, encoded once for every engine.
+var pingPacket = engineio.Packet{Type: engineio.Ping}.Shared()
+
 func (e *engine) ping() {
 	// Arm the pong deadline first: the answer may be handled before the
 	// send returns.
 	e.g.sched.Set(timerKey{e: e, kind: timerPong}, time.Now().Add(e.g.cfg.PingTimeout))
-	e.sendPacket(engineio.Packet{Type: engineio.Ping})
+	e.sendPacket(pingPacket)
 }
 
 // onFrame handles one WebSocket frame.
