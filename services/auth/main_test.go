@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/boot/boottest"
 	"github.com/switchboard-rt/switchboard/pkg/config"
 	"github.com/switchboard-rt/switchboard/pkg/natstest"
 	"github.com/switchboard-rt/switchboard/pkg/natsx"
@@ -153,12 +154,11 @@ func testConfig(url string) Config {
 
 func TestRun(t *testing.T) {
 	s := natstest.Run(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
 	cfg := testConfig(s.URL())
 	cfg.Ops.Listen = fmt.Sprintf("127.0.0.1:%d", natstest.FreePort(t))
-	go func() { done <- run(ctx, slog.New(slog.DiscardHandler), cfg) }()
+	svc := boottest.Start(t, func(ctx context.Context) error {
+		return run(ctx, slog.New(slog.DiscardHandler), cfg)
+	})
 
 	nc := s.Conn(t)
 	tok, err := authsvc.MintToken(secret, "", "", "heidi", time.Minute)
@@ -190,15 +190,7 @@ func TestRun(t *testing.T) {
 		t.Fatalf("metrics lack the verification:\n%s", metrics)
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("run did not return after cancel")
-	}
+	svc.Stop()
 	rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
 	defer rcancel()
 	if _, err := natsx.Request[api.VerifyReply](rctx, nc, subject.AuthVerify, api.VerifyRequest{Token: tok}); !errors.Is(err, natsx.ErrUnavailable) {

@@ -9,8 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/switchboard-rt/switchboard/pkg/api"
 	"github.com/switchboard-rt/switchboard/pkg/boot"
+	"github.com/switchboard-rt/switchboard/pkg/boot/boottest"
 	"github.com/switchboard-rt/switchboard/pkg/natstest"
 	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/pkg/ops/opstest"
@@ -45,10 +48,9 @@ func TestRunServesUntilCancelled(t *testing.T) {
 	cfg := defaultConfig()
 	cfg.NATS.URL = srv.URL()
 	cfg.Ops.Listen = fmt.Sprintf("127.0.0.1:%d", natstest.FreePort(t))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg) }()
+	svc := boottest.Start(t, func(ctx context.Context) error {
+		return run(ctx, slog.New(slog.DiscardHandler), cfg)
+	})
 
 	nc := srv.Conn(t)
 	deadline := time.Now().Add(5 * time.Second)
@@ -89,15 +91,7 @@ func TestRunServesUntilCancelled(t *testing.T) {
 	}
 	srv.Up()
 	waitStatus(t, cfg.Ops.Listen, "/readyz", 200)
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("run did not return")
-	}
+	svc.Stop()
 }
 
 // Without NATS, run waits for it until its context ends.
@@ -132,55 +126,16 @@ func waitStatus(t *testing.T, addr, path string, code int) {
 	}
 }
 
-// Started while JetStream has no quorum (two of three NATS nodes down, as
-// when nodes restart during an election), run keeps trying instead of
-// exiting, past the 30 s a bucket's opening waits by itself, and serves
-// once the nodes are back.
+// Started while JetStream has no quorum, run keeps trying instead of
+// exiting, and serves once the nodes are back.
 func TestRunWaitsForJetStream(t *testing.T) {
-	c := natstest.RunCluster(t, 3)
-	c.WaitJetStream(30 * time.Second)
-	c.Kill(1)
-	c.Kill(2)
-	cfg := defaultConfig()
-	cfg.NATS.URL = c.URL(0)
-	cfg.Ops.Listen = ""
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg) }()
-	select {
-	case err := <-done:
-		t.Fatalf("run returned while JetStream had no quorum: %v", err)
-	case <-time.After(35 * time.Second):
-	}
-	c.Restart(1)
-	c.Restart(2)
-	nc := c.Conn(t)
-	deadline := time.Now().Add(45 * time.Second)
-	for {
-		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := natsx.Request[api.ListReply](rctx, nc, subject.PresenceList, api.ListRequest{UserID: "alice"})
-		rcancel()
-		if err == nil {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("run returned: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("presence not serving after the nodes came back: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("run did not return")
-	}
+	boottest.WaitsForJetStream(t, func(ctx context.Context, url string) error {
+		cfg := defaultConfig()
+		cfg.NATS.URL = url
+		cfg.Ops.Listen = ""
+		return run(ctx, slog.New(slog.DiscardHandler), cfg)
+	}, func(ctx context.Context, nc *nats.Conn) error {
+		_, err := natsx.Request[api.ListReply](ctx, nc, subject.PresenceList, api.ListRequest{UserID: "alice"})
+		return err
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/boot/boottest"
 	"github.com/switchboard-rt/switchboard/pkg/natstest"
 	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/pkg/ops/opstest"
@@ -43,9 +44,9 @@ func TestRun(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.NATS.URL = s.URL()
 	cfg.Ops.Listen = fmt.Sprintf("127.0.0.1:%d", natstest.FreePort(t))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg) }()
+	svc := boottest.Start(t, func(ctx context.Context) error {
+		return run(ctx, slog.New(slog.DiscardHandler), cfg)
+	})
 
 	ticks := make(chan *nats.Msg, 8)
 	out, _ := subject.OutDevice("alice", "phone")
@@ -103,66 +104,19 @@ func TestRun(t *testing.T) {
 	if code := opstest.Status(cfg.Ops.Listen, "/readyz"); code != 200 {
 		t.Errorf("readyz %d", code)
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("run did not return")
-	}
+	svc.Stop()
 }
 
-// Started while JetStream has no quorum (two of three NATS nodes down, as
-// when nodes restart during an election), run keeps trying instead of
-// exiting, past the 30 s a bucket's opening waits by itself, and serves
-// (`sb.timer.list` answers) once the nodes are back.
+// Started while JetStream has no quorum, run keeps trying instead of
+// exiting, and serves (`sb.timer.list` answers) once the nodes are back.
 func TestRunWaitsForJetStream(t *testing.T) {
-	c := natstest.RunCluster(t, 3)
-	c.WaitJetStream(30 * time.Second)
-	c.Kill(1)
-	c.Kill(2)
-	cfg := DefaultConfig()
-	cfg.NATS.URL = c.URL(0)
-	cfg.Ops.Listen = ""
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg) }()
-	select {
-	case err := <-done:
-		t.Fatalf("run returned while JetStream had no quorum: %v", err)
-	case <-time.After(35 * time.Second):
-	}
-	c.Restart(1)
-	c.Restart(2)
-	nc := c.Conn(t)
-	deadline := time.Now().Add(45 * time.Second)
-	for {
-		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := natsx.Request[api.TimerListReply](rctx, nc, subject.TimerListAPI, api.TimerListRequest{UserID: "alice"})
-		rcancel()
-		if err == nil {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("run returned: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timer not serving after the nodes came back: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("run did not return")
-	}
+	boottest.WaitsForJetStream(t, func(ctx context.Context, url string) error {
+		cfg := DefaultConfig()
+		cfg.NATS.URL = url
+		cfg.Ops.Listen = ""
+		return run(ctx, slog.New(slog.DiscardHandler), cfg)
+	}, func(ctx context.Context, nc *nats.Conn) error {
+		_, err := natsx.Request[api.TimerListReply](ctx, nc, subject.TimerListAPI, api.TimerListRequest{UserID: "alice"})
+		return err
+	})
 }
