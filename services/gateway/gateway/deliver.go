@@ -68,7 +68,9 @@ func (g *Gateway) deliver(m *nats.Msg, to []*socket) {
 		return
 	}
 	var rev uint64
-	if v := header(m, api.HeaderRevision); v != "" {
+	// Only presence sets it, in its canonical case: no case-blind search
+	// of the headers on every delivery without it.
+	if v := m.Header.Get(api.HeaderRevision); v != "" {
 		var err error
 		if rev, err = strconv.ParseUint(v, 10, 64); err != nil {
 			g.log.Warn("delivery with a bad "+api.HeaderRevision+" header dropped", "subject", m.Subject, "revision", v)

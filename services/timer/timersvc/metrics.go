@@ -50,10 +50,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		buckets[b.Seconds()] = cum
 	}
 	ch <- prometheus.MustNewConstHistogram(c.lateness, st.Ticks, sum.Seconds(), buckets)
-	var batches, batched uint64
-	if b := c.s.store.batch; b != nil {
-		batches, batched = b.batches.Load(), b.changes.Load()
-	}
-	ch <- prometheus.MustNewConstMetric(c.batches, prometheus.CounterValue, float64(batches))
-	ch <- prometheus.MustNewConstMetric(c.batched, prometheus.CounterValue, float64(batched))
+	b := c.s.store.batch
+	ch <- prometheus.MustNewConstMetric(c.batches, prometheus.CounterValue, float64(b.batches.Load()))
+	ch <- prometheus.MustNewConstMetric(c.batched, prometheus.CounterValue, float64(b.changes.Load()))
 }
