@@ -4,7 +4,10 @@
 // micro endpoints are JSON documents defined here.
 package api
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Headers of client events (sb.in.<event>) and deliveries (sb.out.*).
 const (
@@ -23,6 +26,10 @@ const (
 	// last it delivered to that connection, so updates from instances that
 	// crossed on the way never leave an older list last.
 	HeaderRevision = "Sb-Revision"
+	// HeaderClaims carries, on client events, the claims of the client's
+	// token that auth is configured to pass on (auth.claims), as one JSON
+	// object; absent when there are none.
+	HeaderClaims = "Sb-Claims"
 )
 
 // ArgsArray is the value of HeaderArgs for multi-argument deliveries.
@@ -34,6 +41,9 @@ const (
 	EventTimerStop         = "timerStop"
 	EventTimerList         = "timerList"
 	EventDisconnectRequest = "disconnectRequest"
+	// EventRefreshToken is handled by the gateway itself: the token never
+	// goes on sb.in.
+	EventRefreshToken = "refreshToken"
 )
 
 // Built-in server events.
@@ -42,6 +52,9 @@ const (
 	EventTick        = "tick"
 	EventTimerDone   = "timerDone"
 	EventException   = "exception"
+	// EventTokenExpiring tells a client, gateway.token_expiring_lead before
+	// its token expires, to send refreshToken: {"exp": <unix seconds>}.
+	EventTokenExpiring = "tokenExpiring"
 )
 
 // Error codes used by every micro endpoint (Nats-Service-Error-Code).
@@ -69,6 +82,9 @@ type VerifyReply struct {
 	UserID  string    `json:"uid"`
 	Name    string    `json:"name,omitempty"`
 	Expires time.Time `json:"exp"`
+	// Claims are the token's claims on auth's allow-list (auth.claims), as
+	// one JSON object; absent when none is listed or present.
+	Claims json.RawMessage `json:"claims,omitempty"`
 }
 
 // Conn describes one live Socket.IO connection. Its JSON form is the element
@@ -82,10 +98,16 @@ type Conn struct {
 	UserAgent string    `json:"userAgent"`
 	CreatedAt time.Time `json:"createdAt"`
 	Gateway   string    `json:"gateway,omitempty"`
+	// Claims are the selected claims of the connection's token
+	// (VerifyReply.Claims), sent by the gateway to presence with an admit
+	// and in its socket list, for presence.limit_claim. Presence does not
+	// store them, and clients never see them.
+	Claims json.RawMessage `json:"claims,omitempty"`
 }
 
-// Public returns the client-facing view of c (without the gateway id).
-func (c Conn) Public() Conn { c.Gateway = ""; return c }
+// Public returns the client-facing view of c (without the gateway id and
+// the claims).
+func (c Conn) Public() Conn { c.Gateway = ""; c.Claims = nil; return c }
 
 // AdmitRequest asks presence for a connection slot.
 type AdmitRequest struct {

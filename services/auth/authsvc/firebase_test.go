@@ -172,7 +172,7 @@ func TestFirebaseEmulatorMode(t *testing.T) {
 		{"empty", "", "empty"},
 		{"too long", strings.Repeat("a", 1<<20-64), "too long"},
 	}
-	v, err := newFirebaseVerifier(t.Context(), firebaseConfig().Firebase)
+	v, err := newFirebaseVerifier(t.Context(), firebaseConfig().Firebase, claimPicker{})
 	if err != nil {
 		t.Fatal(err)
 	}

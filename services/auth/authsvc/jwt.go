@@ -15,14 +15,10 @@ import (
 type jwtVerifier struct {
 	secret []byte
 	parser *jwt.Parser
+	claims claimPicker
 }
 
-type jwtClaims struct {
-	jwt.RegisteredClaims
-	Name any `json:"name,omitempty"` // used when it is a string
-}
-
-func newJWTVerifier(c JWTConfig) *jwtVerifier {
+func newJWTVerifier(c JWTConfig, claims claimPicker) *jwtVerifier {
 	opts := []jwt.ParserOption{
 		// Only HS256: refuses "none" and RS256/HS256 key confusion.
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
@@ -34,7 +30,7 @@ func newJWTVerifier(c JWTConfig) *jwtVerifier {
 	if c.Audience != "" {
 		opts = append(opts, jwt.WithAudience(c.Audience))
 	}
-	return &jwtVerifier{secret: []byte(c.Secret), parser: jwt.NewParser(opts...)}
+	return &jwtVerifier{secret: []byte(c.Secret), parser: jwt.NewParser(opts...), claims: claims}
 }
 
 // Verify checks token's signature and claims.
@@ -42,8 +38,8 @@ func (v *jwtVerifier) Verify(_ context.Context, token string) (api.VerifyReply, 
 	if err := precheck(token); err != nil {
 		return api.VerifyReply{}, err
 	}
-	var claims jwtClaims
-	_, err := v.parser.ParseWithClaims(token, &claims, func(t *jwt.Token) (any, error) {
+	claims := jwt.MapClaims{}
+	_, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
 		if _, ok := t.Method.(*jwt.SigningMethodHMAC); !ok {
 			return nil, errors.New("unexpected signing method")
 		}
@@ -52,8 +48,26 @@ func (v *jwtVerifier) Verify(_ context.Context, token string) (api.VerifyReply, 
 	if err != nil {
 		return api.VerifyReply{}, reject(jwtReason(err))
 	}
-	name, _ := claims.Name.(string)
-	return identity(claims.Subject, name, claims.ExpiresAt.Time)
+	return mapIdentity(claims, "sub", v.claims)
+}
+
+// mapIdentity builds the identity from a verified token's claims, the user
+// id read from uidClaim.
+func mapIdentity(claims jwt.MapClaims, uidClaim string, picker claimPicker) (api.VerifyReply, error) {
+	uid, ok := claims[uidClaim].(string)
+	if !ok {
+		return api.VerifyReply{}, reject("missing subject")
+	}
+	exp, err := claims.GetExpirationTime()
+	if err != nil || exp == nil {
+		return api.VerifyReply{}, reject("missing claim")
+	}
+	name, _ := claims["name"].(string)
+	sel, err := picker.pick(claims)
+	if err != nil {
+		return api.VerifyReply{}, err
+	}
+	return identity(uid, name, exp.Time, sel)
 }
 
 // jwtReason names the failure without quoting anything from the token.

@@ -57,7 +57,7 @@ func TestJWTVerifier(t *testing.T) {
 	good := claimsFor("alice")
 	good.Name = "Alice A."
 
-	v := newJWTVerifier(JWTConfig{Secret: testSecret, Issuer: "issuer-1", Audience: "aud-1"})
+	v := newJWTVerifier(JWTConfig{Secret: testSecret, Issuer: "issuer-1", Audience: "aud-1"}, claimPicker{})
 	cases := []struct {
 		name   string
 		token  string
@@ -84,7 +84,7 @@ func TestJWTVerifier(t *testing.T) {
 		{name: "sub too long", token: hs(with(func(c *testClaims) { c.Subject = strings.Repeat("u", 129) })), reason: "subject too long"},
 		{name: "sub with newline", token: hs(with(func(c *testClaims) { c.Subject = "alice\nadmin" })), reason: "subject has control characters"},
 		{name: "sub with NUL", token: hs(with(func(c *testClaims) { c.Subject = "alice\x00" })), reason: "subject has control characters"},
-		{name: "sub not a string", token: sign(t, jwt.SigningMethodHS256, []byte(testSecret), jwt.MapClaims{"sub": 42, "iss": "issuer-1", "aud": "aud-1", "exp": time.Now().Add(time.Hour).Unix()}), reason: "malformed"},
+		{name: "sub not a string", token: sign(t, jwt.SigningMethodHS256, []byte(testSecret), jwt.MapClaims{"sub": 42, "iss": "issuer-1", "aud": "aud-1", "exp": time.Now().Add(time.Hour).Unix()}), reason: "missing subject"},
 		{name: "garbage", token: "this is not a jwt", reason: "malformed"},
 		{name: "three garbage segments", token: "a.b.c", reason: "malformed"},
 		{name: "empty", token: "", reason: "empty"},
@@ -118,7 +118,7 @@ func TestJWTVerifier(t *testing.T) {
 }
 
 func TestJWTVerifierName(t *testing.T) {
-	v := newJWTVerifier(JWTConfig{Secret: testSecret})
+	v := newJWTVerifier(JWTConfig{Secret: testSecret}, claimPicker{})
 	c := claimsFor("bob")
 	c.Name = "Bob B."
 	exp := c.ExpiresAt.Time.Truncate(time.Second)
@@ -137,7 +137,7 @@ func TestJWTVerifierName(t *testing.T) {
 }
 
 func TestJWTVerifierWithoutIssuerAudience(t *testing.T) {
-	v := newJWTVerifier(JWTConfig{Secret: testSecret})
+	v := newJWTVerifier(JWTConfig{Secret: testSecret}, claimPicker{})
 	c := claimsFor("carol")
 	c.Issuer, c.Audience = "", nil
 	if _, err := v.Verify(context.Background(), sign(t, jwt.SigningMethodHS256, []byte(testSecret), c)); err != nil {
@@ -154,7 +154,7 @@ func TestMintToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := newJWTVerifier(JWTConfig{Secret: testSecret, Issuer: "issuer-1", Audience: "aud-1"})
+	v := newJWTVerifier(JWTConfig{Secret: testSecret, Issuer: "issuer-1", Audience: "aud-1"}, claimPicker{})
 	got, err := v.Verify(context.Background(), tok)
 	if err != nil {
 		t.Fatalf("verify minted token: %v", err)
@@ -197,7 +197,7 @@ func TestMintToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := newJWTVerifier(JWTConfig{Secret: testSecret}).Verify(context.Background(), expired); !IsRejected(err) {
+	if _, err := newJWTVerifier(JWTConfig{Secret: testSecret}, claimPicker{}).Verify(context.Background(), expired); !IsRejected(err) {
 		t.Fatalf("negative ttl: err = %v, want rejection", err)
 	}
 	if _, err := MintToken("", "", "", "dave", time.Minute); err == nil {
@@ -232,5 +232,41 @@ func TestCheckUID(t *testing.T) {
 		if err != nil && !IsRejected(err) {
 			t.Errorf("checkUID(%q) = %v, want a rejection", tc.uid, err)
 		}
+	}
+}
+
+func TestClaimPicker(t *testing.T) {
+	all := map[string]any{"role": "admin", "tenant": "t1", "sub": "ada"}
+	cases := []struct {
+		name   string
+		picker claimPicker
+		want   string // "" = nil; "reject" = refused
+	}{
+		{"nothing listed", claimPicker{max: 100}, ""},
+		{"none present", claimPicker{names: []string{"plan"}, max: 100}, ""},
+		{"some present", claimPicker{names: []string{"role", "plan"}, max: 100}, `{"role":"admin"}`},
+		{"two", claimPicker{names: []string{"tenant", "role"}, max: 100}, `{"role":"admin","tenant":"t1"}`},
+		{"exactly at the bound", claimPicker{names: []string{"role"}, max: len(`{"role":"admin"}`)}, `{"role":"admin"}`},
+		{"one byte over", claimPicker{names: []string{"role"}, max: len(`{"role":"admin"}`) - 1}, "reject"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.picker.pick(all)
+			switch {
+			case tc.want == "reject":
+				if !IsRejected(err) {
+					t.Fatalf("pick = %s, %v; want a rejection", got, err)
+				}
+			case err != nil || string(got) != tc.want:
+				t.Fatalf("pick = %s, %v; want %s", got, err, tc.want)
+			}
+		})
+	}
+	// Through the JWT verifier.
+	v := newJWTVerifier(JWTConfig{Secret: testSecret}, claimPicker{names: []string{"role"}, max: 64})
+	tok := sign(t, jwt.SigningMethodHS256, []byte(testSecret), jwt.MapClaims{"sub": "ada", "role": []string{"a", "b"}, "exp": time.Now().Add(time.Hour).Unix()})
+	got, err := v.Verify(t.Context(), tok)
+	if err != nil || string(got.Claims) != `{"role":["a","b"]}` {
+		t.Fatalf("Verify = %+v (claims %s), %v", got, got.Claims, err)
 	}
 }

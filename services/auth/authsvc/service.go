@@ -37,9 +37,11 @@ type Service struct {
 	log      *slog.Logger
 	nc       *nats.Conn
 	verifier Verifier
-	svc      micro.Service
-	verified *prometheus.CounterVec // by result
-	latency  prometheus.Histogram   // verification time
+	// stopVerifier ends the verifier's background work.
+	stopVerifier context.CancelFunc
+	svc          micro.Service
+	verified     *prometheus.CounterVec // by result
+	latency      prometheus.Histogram   // verification time
 }
 
 // Collectors are the service's metrics, for the binary's registry.
@@ -57,18 +59,14 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	if err := cfg.validate(o); err != nil {
 		return nil, err
 	}
-	var v Verifier
-	switch cfg.Verifier {
-	case VerifierJWT:
-		v = newJWTVerifier(cfg.JWT)
-	case VerifierFirebase:
-		fv, err := newFirebaseVerifier(ctx, cfg.Firebase)
-		if err != nil {
-			return nil, fmt.Errorf("auth: %w", err)
-		}
-		v = fv
+	// The verifiers' background work (key refresh) ends with Stop.
+	vctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	v, err := newVerifier(vctx, log, cfg)
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("auth: %w", err)
 	}
-	s := &Service{log: log, nc: nc, verifier: v,
+	s := &Service{log: log, nc: nc, verifier: v, stopVerifier: stop,
 		verified: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchboard_auth_verifications_total",
 			Help: "Token verifications by result: ok, rejected (Unauthorized), bad_request, error.",
@@ -88,17 +86,20 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 		Description: "Switchboard token verification",
 	})
 	if err != nil {
+		stop()
 		return nil, fmt.Errorf("auth: add service: %w", err)
 	}
 	err = svc.AddEndpoint("verify",
 		natsx.Handle(log, handlerTimeout, s.handleVerify),
 		micro.WithEndpointSubject(subject.AuthVerify))
 	if err != nil {
+		stop()
 		return nil, errors.Join(fmt.Errorf("auth: add endpoint: %w", err), svc.Stop())
 	}
 	// Make sure the server has the subscriptions before reporting ready, so a
 	// request sent right after Start finds a responder.
 	if err := nc.FlushTimeout(flushTimeout); err != nil {
+		stop()
 		return nil, errors.Join(fmt.Errorf("auth: flush: %w", err), svc.Stop())
 	}
 	s.svc = svc
@@ -106,9 +107,23 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	return s, nil
 }
 
+// newVerifier builds the verifier cfg selects.
+func newVerifier(ctx context.Context, log *slog.Logger, cfg Config) (Verifier, error) {
+	claims := claimPicker{names: cfg.Claims, max: cfg.MaxClaimsBytes}
+	switch cfg.Verifier {
+	case VerifierJWT:
+		return newJWTVerifier(cfg.JWT, claims), nil
+	case VerifierFirebase:
+		return newFirebaseVerifier(ctx, cfg.Firebase, claims)
+	default:
+		return newOIDCVerifier(ctx, log, cfg.OIDC, claims, nil)
+	}
+}
+
 // Stop stops serving: once it returns the server routes no more requests
 // here; requests already received are still answered.
 func (s *Service) Stop() error {
+	defer s.stopVerifier()
 	if err := s.svc.Stop(); err != nil {
 		return fmt.Errorf("stop auth service: %w", err)
 	}

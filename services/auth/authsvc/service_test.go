@@ -169,7 +169,7 @@ func TestStartConfig(t *testing.T) {
 		opts    []Option
 		wantErr string // "" means Start succeeds
 	}{
-		{"default config", DefaultConfig(), nil, "auth: firebase.project_id is required (or set verifier: jwt)"},
+		{"default config", DefaultConfig(), nil, "auth: firebase.project_id is required (or set verifier: jwt or oidc)"},
 		{"unknown verifier", Config{Verifier: "ldap"}, nil, `unknown verifier "ldap"`},
 		{"empty verifier", Config{}, nil, `unknown verifier ""`},
 		{"jwt without secret", Config{Verifier: VerifierJWT}, nil, "jwt.secret is required"},
@@ -179,6 +179,23 @@ func TestStartConfig(t *testing.T) {
 		{"dev secret, dev", Config{Verifier: VerifierJWT, JWT: JWTConfig{Secret: DevSecret}}, []Option{WithDevSecret()}, ""},
 		{"short secret, dev", Config{Verifier: VerifierJWT, JWT: JWTConfig{Secret: "dev"}}, []Option{WithDevSecret()}, ""},
 		{"32-byte secret", Config{Verifier: VerifierJWT, JWT: JWTConfig{Secret: long}}, nil, ""},
+		{"claims without a size", Config{Verifier: VerifierJWT, JWT: JWTConfig{Secret: long}, Claims: []string{"role"}}, nil, "max_claims_bytes"},
+		{"empty claim name", Config{Verifier: VerifierJWT, JWT: JWTConfig{Secret: long}, Claims: []string{""}, MaxClaimsBytes: 100}, nil, "empty name"},
+		{"oidc without issuer", oidcWith(func(c *OIDCConfig) { c.Issuer = "" }), nil, "oidc.issuer: is required"},
+		{"oidc plain http issuer", oidcWith(func(c *OIDCConfig) { c.Issuer = "http://idp.example.com" }), nil, "must be an https URL"},
+		{"oidc bad jwks url", oidcWith(func(c *OIDCConfig) { c.JWKSURL = "ftp://idp.example.com/keys" }), nil, "oidc.jwks_url"},
+		{"oidc without audience", oidcWith(func(c *OIDCConfig) { c.Audience = "" }), nil, "audience is required"},
+		{"oidc HS256", oidcWith(func(c *OIDCConfig) { c.Algorithms = []string{"HS256"} }), nil, `"HS256" is not one of`},
+		{"oidc none", oidcWith(func(c *OIDCConfig) { c.Algorithms = []string{"none"} }), nil, `"none" is not one of`},
+		{"oidc no algorithms", oidcWith(func(c *OIDCConfig) { c.Algorithms = nil }), nil, "algorithms is empty"},
+		{"oidc large leeway", oidcWith(func(c *OIDCConfig) { c.Leeway = time.Hour }), nil, "leeway"},
+		{"oidc keys age", oidcWith(func(c *OIDCConfig) { c.KeysMaxAge = c.RefreshInterval }), nil, "keys_max_age"},
+		{"oidc ok (keys not reachable yet)", oidcWith(nil), nil, ""},
+		{"firebase revocation cache", func() Config {
+			c := DefaultConfig()
+			c.Firebase.ProjectID, c.Firebase.CheckRevoked, c.Firebase.RevocationCacheSize = "p", true, 0
+			return c
+		}(), nil, "revocation_cache_size"},
 	}
 	s := natstest.Run(t)
 	nc := s.Conn(t)
@@ -265,4 +282,19 @@ func TestNoTokenInLogs(t *testing.T) {
 			}
 		}
 	}
+}
+
+// oidcWith is a valid oidc configuration (keys on an unused loopback
+// port) changed by f.
+func oidcWith(f func(*OIDCConfig)) Config {
+	c := DefaultConfig()
+	c.Verifier = VerifierOIDC
+	c.OIDC.Issuer = "https://idp.example.com"
+	c.OIDC.JWKSURL = "http://127.0.0.1:1/keys"
+	c.OIDC.Audience = "switchboard"
+	c.OIDC.HTTPTimeout = 200 * time.Millisecond
+	if f != nil {
+		f(&c.OIDC)
+	}
+	return c
 }

@@ -2,6 +2,7 @@ package authsvc
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 	"unicode"
@@ -19,6 +20,7 @@ type Verifier interface {
 var (
 	_ Verifier = (*jwtVerifier)(nil)
 	_ Verifier = (*firebaseVerifier)(nil)
+	_ Verifier = (*oidcVerifier)(nil)
 )
 
 // MaxTokenLen bounds the tokens looked at; longer ones are refused unparsed.
@@ -56,11 +58,45 @@ func precheck(token string) error {
 
 // identity builds the reply after checking the user id, which later becomes
 // part of subjects, KV keys and client-visible events.
-func identity(uid, name string, exp time.Time) (api.VerifyReply, error) {
+func identity(uid, name string, exp time.Time, claims json.RawMessage) (api.VerifyReply, error) {
 	if err := checkUID(uid); err != nil {
 		return api.VerifyReply{}, err
 	}
-	return api.VerifyReply{UserID: uid, Name: name, Expires: exp.UTC()}, nil
+	return api.VerifyReply{UserID: uid, Name: name, Expires: exp.UTC(), Claims: claims}, nil
+}
+
+// claimPicker selects the allow-listed claims of a verified token, which
+// travel with the client's events so that services need not verify the
+// token again.
+type claimPicker struct {
+	names []string
+	max   int // bytes of the JSON object
+}
+
+// pick returns the allow-listed claims present in all as one JSON object
+// (nil when none is present). A token whose selection is larger than max
+// is refused: its claims could not travel with its events.
+func (p claimPicker) pick(all map[string]any) (json.RawMessage, error) {
+	if len(p.names) == 0 {
+		return nil, nil
+	}
+	sel := make(map[string]any, len(p.names))
+	for _, n := range p.names {
+		if v, ok := all[n]; ok {
+			sel[n] = v
+		}
+	}
+	if len(sel) == 0 {
+		return nil, nil
+	}
+	b, err := json.Marshal(sel)
+	if err != nil {
+		return nil, reject("claims not JSON")
+	}
+	if len(b) > p.max {
+		return nil, reject("claims too large")
+	}
+	return b, nil
 }
 
 func checkUID(uid string) error {
