@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -10,6 +11,7 @@ func TestConnJSON(t *testing.T) {
 	c := Conn{
 		SocketID: "s1", UserID: "u", DeviceID: "d", IP: "10.0.0.1", UserAgent: "ua",
 		CreatedAt: time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC), Gateway: "gw1",
+		Claims: json.RawMessage(`{"plan":"pro"}`),
 	}
 	b, err := json.Marshal(c.Public())
 	if err != nil {
@@ -19,12 +21,12 @@ func TestConnJSON(t *testing.T) {
 	if string(b) != want {
 		t.Errorf("public conn = %s, want %s", b, want)
 	}
-	if c.Gateway != "gw1" {
+	if c.Gateway != "gw1" || c.Claims == nil {
 		t.Error("Public modified its receiver")
 	}
 	b, _ = json.Marshal(c)
 	var back Conn
-	if err := json.Unmarshal(b, &back); err != nil || back != c {
+	if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, c) {
 		t.Errorf("round trip = %+v, %v", back, err)
 	}
 }

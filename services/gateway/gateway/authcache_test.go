@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -36,7 +37,7 @@ func TestAuthCache(t *testing.T) {
 			c := newAuthCache(10, 30*time.Second)
 			c.put(hashToken("tok"), tc.id, now)
 			got, ok := c.get(hashToken("tok"), now.Add(tc.after))
-			if ok != tc.hit || (ok && got != tc.id) {
+			if ok != tc.hit || (ok && !reflect.DeepEqual(got, tc.id)) {
 				t.Fatalf("get = %+v, %v; want hit %v", got, ok, tc.hit)
 			}
 			if _, ok := c.get(hashToken("other"), now); ok {
