@@ -99,6 +99,12 @@ func jwtReason(err error) string {
 // ttl gives an already expired token). Issuer and audience are set when not
 // empty. It serves development tooling and tests.
 func MintToken(secret, issuer, audience, uid string, ttl time.Duration) (string, error) {
+	return MintTokenWith(secret, issuer, audience, uid, ttl, nil)
+}
+
+// MintTokenWith is MintToken with extra claims (for example a role); they
+// cannot replace the registered claims MintToken sets.
+func MintTokenWith(secret, issuer, audience, uid string, ttl time.Duration, extra map[string]any) (string, error) {
 	if secret == "" {
 		return "", errors.New("mint token: empty secret")
 	}
@@ -106,14 +112,20 @@ func MintToken(secret, issuer, audience, uid string, ttl time.Duration) (string,
 		return "", errors.New("mint token: empty uid")
 	}
 	now := time.Now()
-	claims := jwt.RegisteredClaims{
-		Subject:   uid,
-		Issuer:    issuer,
-		IssuedAt:  jwt.NewNumericDate(now),
-		ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+	claims := jwt.MapClaims{}
+	for k, v := range extra {
+		claims[k] = v
+	}
+	claims["sub"] = uid
+	claims["iat"] = now.Unix()
+	claims["exp"] = now.Add(ttl).Unix()
+	delete(claims, "iss")
+	delete(claims, "aud")
+	if issuer != "" {
+		claims["iss"] = issuer
 	}
 	if audience != "" {
-		claims.Audience = jwt.ClaimStrings{audience}
+		claims["aud"] = []string{audience}
 	}
 	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(secret))
 	if err != nil {

@@ -60,11 +60,16 @@ type Config struct {
 	// auth again (never past the token's expiry; 0: not at all).
 	AuthCacheSize int           `koanf:"auth_cache_size"`
 	AuthCacheTTL  time.Duration `koanf:"auth_cache_ttl"`
-	// ExpireSockets ends a socket (DISCONNECT, then close) when its token
-	// expires. Off by default: clients then stay connected past expiry, as
-	// with a typical Socket.IO server that checks tokens only at connect.
-	ExpireSockets bool   `koanf:"expire_sockets"`
-	ID            string `koanf:"id"`
+	// TokenExpiringLead is how long before its token expires a socket
+	// gets tokenExpiring, its cue to send refreshToken (0: never).
+	TokenExpiringLead time.Duration `koanf:"token_expiring_lead"`
+	// ExpireSockets ends a socket (DISCONNECT, then close) ExpireGrace
+	// after its token expired without a refreshToken. Off by default:
+	// clients then stay connected past expiry, as with a typical
+	// Socket.IO server that checks tokens only at connect.
+	ExpireSockets bool          `koanf:"expire_sockets"`
+	ExpireGrace   time.Duration `koanf:"expire_grace"`
+	ID            string        `koanf:"id"`
 }
 
 // DefaultConfig returns the defaults of CONTRACT §2.
@@ -94,6 +99,8 @@ func DefaultConfig() Config {
 		MaxPendingAcks:    64,
 		AuthCacheSize:     10000,
 		AuthCacheTTL:      30 * time.Second,
+		TokenExpiringLead: time.Minute,
+		ExpireGrace:       25 * time.Second,
 	}
 }
 
@@ -115,6 +122,7 @@ func (c Config) validate() error {
 	check(c.HeartbeatInterval > 0, "heartbeat_interval must be positive")
 	check(c.MaxPendingAcks > 0, "max_pending_acks must be positive")
 	check(c.AuthCacheSize >= 0 && c.AuthCacheTTL >= 0, "auth_cache_size and auth_cache_ttl must not be negative")
+	check(c.TokenExpiringLead >= 0 && c.ExpireGrace >= 0, "token_expiring_lead and expire_grace must not be negative")
 	check(!c.TrustProxy, "trust_proxy is replaced by trusted_proxies: list the addresses or CIDR ranges of your reverse proxies")
 	_, err := parseProxies(c.TrustedProxies)
 	check(err == nil, "trusted_proxies: %v", err)

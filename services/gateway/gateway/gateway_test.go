@@ -19,7 +19,6 @@ import (
 	"github.com/switchboard-rt/switchboard/pkg/client"
 	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
-	"github.com/switchboard-rt/switchboard/services/auth/authsvc"
 	"github.com/switchboard-rt/switchboard/services/presence/presencesvc"
 )
 
@@ -650,21 +649,6 @@ func TestSocketsReadmittedAfterNATSReconnect(t *testing.T) {
 		r, err := natsx.Request[api.ListReply](ctx, st.nc, subject.PresenceList, api.ListRequest{UserID: "yuri"})
 		return err == nil && len(r.Connections) == 1 && r.Connections[0].SocketID == sid
 	}, "socket re-admitted")
-}
-
-func TestExpiredTokenEndsSocketWhenEnabled(t *testing.T) {
-	st := newStack(t, func(c *Config, _ *presencesvc.Config) { c.ExpireSockets = true })
-	tok, err := authsvc.MintToken(testSecret, "", "", "zoe", 1500*time.Millisecond)
-	must(t, err)
-	w := st.dial("", nil)
-	if got := w.connect(`{"token":"` + tok + `"}`); !strings.HasPrefix(got, `40{"sid"`) {
-		t.Fatalf("connect %q", got)
-	}
-	if got := w.expect("41"); got != "41" {
-		t.Fatalf("got %q, want 41 at expiry", got)
-	}
-	w.expectClosed(2 * time.Second)
-	eventually(t, 3*time.Second, func() bool { return len(st.presenceList("zoe")) == 0 }, "slot released")
 }
 
 func TestOversizedFullMessageGets1009(t *testing.T) {

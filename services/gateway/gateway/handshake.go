@@ -157,14 +157,7 @@ func (c *sioConn) connect(p socketio.Packet) {
 	s.pending = nil
 	c.e.mu.Unlock()
 	g.sched.Cancel(timerKey{e: c.e, kind: timerConnect})
-	if g.cfg.ExpireSockets && !id.Expires.IsZero() {
-		g.sched.Set(timerKey{s: s, kind: timerExpiry}, id.Expires)
-		if !s.isConnected() {
-			// Removed meanwhile: its removal may have cancelled before the
-			// timer was set.
-			g.sched.Cancel(timerKey{s: s, kind: timerExpiry})
-		}
-	}
+	g.scheduleToken(s, id.Expires)
 	connectArgs := json.RawMessage("[]")
 	if g.opts.forwardAuth && len(p.Data) > 0 {
 		connectArgs = socketio.ArrayPayload(p.Data)
@@ -199,6 +192,7 @@ func (c *sioConn) identify(s *socket, auth map[string]json.RawMessage) (api.Veri
 			return id, v.Msg
 		}
 		id = *v.ID
+		s.token.Store(newTokenState(id))
 	}
 	s.conn = api.Conn{
 		SocketID:  s.id,
@@ -208,6 +202,7 @@ func (c *sioConn) identify(s *socket, auth map[string]json.RawMessage) (api.Veri
 		UserAgent: c.e.userAgent,
 		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
 		Gateway:   g.id,
+		Claims:    id.Claims,
 	}
 	return id, ""
 }

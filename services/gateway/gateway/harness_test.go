@@ -45,6 +45,13 @@ func newStack(t testing.TB, opts ...stackOpt) *stack {
 // newStackOn is newStack on a given server.
 func newStackOn(t testing.TB, srv *natstest.Server, opts ...stackOpt) *stack {
 	t.Helper()
+	return newStackAuth(t, srv, nil, opts...)
+}
+
+// newStackAuth is newStackOn with the auth service's configuration changed
+// by af (when not nil).
+func newStackAuth(t testing.TB, srv *natstest.Server, af func(*authsvc.Config), opts ...stackOpt) *stack {
+	t.Helper()
 	st := &stack{t: t, srv: srv, logs: &lockedWriter{}}
 	log := slog.New(slog.NewTextHandler(st.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	st.nc = st.srv.Conn(t)
@@ -62,6 +69,9 @@ func newStackOn(t testing.TB, srv *natstest.Server, opts ...stackOpt) *stack {
 	acfg := authsvc.DefaultConfig()
 	acfg.Verifier = "jwt"
 	acfg.JWT.Secret = testSecret
+	if af != nil {
+		af(&acfg)
+	}
 	var err error
 	if st.auth, err = authsvc.Start(context.Background(), log, st.srv.Conn(t), acfg); err != nil {
 		t.Fatalf("start auth: %v", err)

@@ -102,12 +102,27 @@ func (h *hub) page(after string, limit int) (conns []api.Conn, more bool) {
 		ids, more = ids[:limit], true
 	}
 	conns = make([]api.Conn, 0, len(ids))
-	for _, id := range ids {
-		conns = append(conns, h.sockets[id].conn)
+	size := 0
+	for i, id := range ids {
+		c := h.sockets[id].conn
+		// A page stays well within a NATS message, claims included.
+		size += connJSONBytes + len(c.SocketID) + len(c.UserID) + len(c.DeviceID) + len(c.IP) + 2*len(c.UserAgent) + len(c.Gateway) + len(c.Claims)
+		if i > 0 && size > maxSocketsPageBytes {
+			more = true
+			break
+		}
+		conns = append(conns, c)
 	}
 	h.mu.RUnlock()
 	return conns, more
 }
+
+// connJSONBytes is the JSON of an api.Conn without its values (an
+// overestimate); maxSocketsPageBytes bounds a page of sockets.
+const (
+	connJSONBytes       = 160
+	maxSocketsPageBytes = 256 << 10
+)
 
 func (h *hub) socket(id string) *socket {
 	h.mu.RLock()
@@ -201,7 +216,7 @@ func (h *hub) removeSocket(s *socket, release bool) {
 		h.g.unsubscribe(sub)
 	}
 	s.dropAcks()
-	h.g.sched.Cancel(timerKey{s: s, kind: timerExpiry})
+	h.g.cancelToken(s)
 	if s.announced.Load() {
 		s.publishLifecycle(api.EventDisconnect, json.RawMessage("[]"))
 	}

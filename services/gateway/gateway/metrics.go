@@ -15,6 +15,7 @@ type metrics struct {
 	out         prometheus.Counter     // events written to sockets
 	slow        prometheus.Counter     // connections closed as slow consumers
 	authCached  prometheus.Counter     // tokens taken from the auth cache
+	refreshes   prometheus.Counter     // tokens replaced by refreshToken
 	requests    *prometheus.HistogramVec
 	engines     prometheus.GaugeFunc
 	sockets     prometheus.GaugeFunc
@@ -67,6 +68,10 @@ func newMetrics(g *Gateway) *metrics {
 			Name: "switchboard_gateway_auth_cache_hits_total",
 			Help: "Tokens whose identity came from the verification cache, without asking auth.",
 		}),
+		refreshes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_gateway_token_refreshes_total",
+			Help: "Tokens of live sockets replaced by refreshToken.",
+		}),
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "switchboard_gateway_nats_request_seconds",
 			Help:    "NATS request latency by kind: verify (auth), admit (presence), event (client events with an ack).",
@@ -90,7 +95,7 @@ func newMetrics(g *Gateway) *metrics {
 	for _, k := range []string{reqVerify, reqAdmit, reqEvent} {
 		m.requests.WithLabelValues(k)
 	}
-	m.collectable = []prometheus.Collector{m.handshakes, m.refusals, m.in, m.out, m.slow, m.authCached, m.requests, m.engines, m.sockets}
+	m.collectable = []prometheus.Collector{m.handshakes, m.refusals, m.in, m.out, m.slow, m.authCached, m.refreshes, m.requests, m.engines, m.sockets}
 	return m
 }
 

@@ -56,6 +56,9 @@ type socket struct {
 
 	subConn   *nats.Subscription
 	announced atomic.Bool // sb.in.connect was published
+	// token is what the socket's current token proved (nil without auth);
+	// a refreshToken replaces it.
+	token atomic.Pointer[tokenState]
 }
 
 func (s *socket) isConnected() bool {
@@ -139,6 +142,10 @@ func (s *socket) onEvent(p socketio.Packet, parts [][]byte) {
 		s.e.malformed(err)
 		return
 	}
+	if name == api.EventRefreshToken {
+		s.onRefresh(p, args) // handled here: the token never goes on sb.in
+		return
+	}
 	fail := func(msg string) {
 		if p.HasID {
 			s.sendAck(p.ID, errorArgs(msg))
@@ -207,6 +214,9 @@ func (s *socket) inMsg(subj, event string, body []byte) *nats.Msg {
 	m.Header.Set(api.HeaderSocket, s.id)
 	m.Header.Set(api.HeaderNamespace, s.ns)
 	m.Header.Set(api.HeaderGateway, s.e.g.id)
+	if ts := s.token.Load(); ts != nil && ts.claims != "" {
+		m.Header.Set(api.HeaderClaims, ts.claims)
+	}
 	m.Data = body
 	return m
 }

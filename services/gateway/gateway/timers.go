@@ -12,6 +12,7 @@ const (
 	timerAck
 	timerExpiry
 	timerUpgrade
+	timerExpiring
 )
 
 type timerKey struct {
@@ -39,5 +40,7 @@ func (g *Gateway) fire(k timerKey, _ time.Time) {
 		k.s.e.sio.kick(k.s)
 	case timerUpgrade:
 		k.e.upgradeTimedOut()
+	case timerExpiring:
+		k.s.tokenExpiring()
 	}
 }

@@ -2,9 +2,12 @@ package gateway
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/switchboard-rt/switchboard/pkg/api"
 )
 
 func TestCredentials(t *testing.T) {
@@ -124,5 +127,37 @@ func TestDeliveryArgs(t *testing.T) {
 		if got != want {
 			t.Errorf("deliveryArgs(%q) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+// A page of sockets for presence stays within its byte budget whatever the
+// sockets' claims, and the next page goes on where it stopped.
+func TestSocketsPageBytes(t *testing.T) {
+	h := &hub{sockets: map[string]*socket{}}
+	claims := json.RawMessage(`{"tenant":"` + strings.Repeat("t", 4000) + `"}`)
+	for i := range 200 {
+		id := fmt.Sprintf("s%03d", i)
+		h.sockets[id] = &socket{id: id, conn: api.Conn{SocketID: id, UserID: "u", Gateway: "g", Claims: claims}}
+	}
+	var all []api.Conn
+	after, pages := "", 0
+	for {
+		conns, more := h.page(after, maxSocketsPage)
+		pages++
+		b, err := json.Marshal(api.GatewaySocketsReply{Conns: conns, More: more})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) > maxSocketsPageBytes {
+			t.Fatalf("page %d is %d bytes, over %d", pages, len(b), maxSocketsPageBytes)
+		}
+		all = append(all, conns...)
+		if !more {
+			break
+		}
+		after = conns[len(conns)-1].SocketID
+	}
+	if len(all) != 200 || pages < 4 {
+		t.Fatalf("%d sockets in %d pages, want 200 in at least 4", len(all), pages)
 	}
 }

@@ -73,28 +73,56 @@ func (g *Gateway) verify(ctx context.Context, c credentials) verdict {
 	}
 }
 
-// stripPacket replaces the token of a CONNECT in the Engine.IO packet p
-// with a reference to its verdict, appended to vs.
+// stripPacket replaces the token of a CONNECT, or of a refreshToken event,
+// in the Engine.IO packet p with a reference to its verdict, appended to vs.
 func (g *Gateway) stripPacket(ctx context.Context, p engineio.Packet, vs *[]verdict) engineio.Packet {
 	if p.Type != engineio.Message || p.Binary || g.opts.noAuth {
 		return p
 	}
 	sp, err := socketio.Decode(p.Data)
-	if err != nil || sp.Type != socketio.Connect || len(sp.Data) == 0 {
+	if err != nil || len(sp.Data) == 0 {
 		return p
 	}
-	var auth map[string]json.RawMessage
-	if json.Unmarshal(sp.Data, &auth) != nil {
+	switch sp.Type {
+	case socketio.Connect:
+		data, ok := g.stripToken(ctx, sp.Data, vs)
+		if !ok {
+			return p
+		}
+		sp.Data = data
+	case socketio.Event, socketio.BinaryEvent:
+		name, args, err := sp.Event()
+		if err != nil || name != api.EventRefreshToken || len(args) == 0 {
+			return p
+		}
+		data, ok := g.stripToken(ctx, args[0], vs)
+		if !ok {
+			return p
+		}
+		args[0] = data
+		sp.Data = socketio.EventPayload(name, args...)
+	default:
 		return p
 	}
-	tok, ok := auth["token"]
+	return engineio.Packet{Type: engineio.Message, Data: sp.Encode()}
+}
+
+// stripToken verifies the "token" of the JSON object obj and returns obj
+// with the token replaced by its verdict's reference; ok is false when obj
+// holds no token.
+func (g *Gateway) stripToken(ctx context.Context, obj json.RawMessage, vs *[]verdict) (json.RawMessage, bool) {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(obj, &m) != nil {
+		return nil, false
+	}
+	tok, ok := m["token"]
 	if !ok || string(tok) == "null" {
-		return p
+		return nil, false
 	}
 	*vs = append(*vs, g.verify(ctx, credentials{authToken: tok}))
-	auth["token"], _ = json.Marshal(verifiedPrefix + strconv.Itoa(len(*vs)-1))
-	sp.Data, _ = json.Marshal(auth)
-	return engineio.Packet{Type: engineio.Message, Data: sp.Encode()}
+	m["token"], _ = json.Marshal(verifiedPrefix + strconv.Itoa(len(*vs)-1))
+	out, _ := json.Marshal(m)
+	return out, true
 }
 
 // stripPayload is stripPacket for every packet of a polling payload; it

@@ -74,8 +74,34 @@ func TestTokensNotForwardedOnTheBus(t *testing.T) {
 			break
 		}
 	}
-	if bus := seen() + seenRelay(); strings.Contains(bus, tok) || !strings.Contains(bus, verifiedPrefix) {
-		t.Fatalf("the token crossed the bus (or nothing was forwarded):\n%s", bus)
+	// A refreshToken takes the same way: relayed, then forwarded.
+	tok2 := mint(t, "fwd", 2*time.Hour, nil)
+	must(t, c.WriteMessage(websocket.TextMessage, []byte(`421["refreshToken",{"token":"`+tok2+`"}]`)))
+	for {
+		_, b, err := c.ReadMessage()
+		if err != nil {
+			t.Fatalf("relayed refreshToken: %v", err)
+		}
+		if strings.HasPrefix(string(b), "431") {
+			if !strings.HasPrefix(string(b), `431[{"status":"ok"`) {
+				t.Fatalf("relayed refreshToken answered %q", b)
+			}
+			break
+		}
+	}
+	tok3 := mint(t, "fwd", 3*time.Hour, nil)
+	p.post(`422["refreshToken",{"token":"` + tok3 + `"}]`)
+	if got := p.getSkipping(); len(got) == 0 || !strings.HasPrefix(got[0], `432[{"status":"ok"`) {
+		t.Fatalf("forwarded refreshToken answered %q", got)
+	}
+	bus := seen() + seenRelay()
+	for _, tk := range []string{tok, tok2, tok3} {
+		if strings.Contains(bus, tk) {
+			t.Fatalf("a token crossed the bus:\n%s", bus)
+		}
+	}
+	if strings.Count(bus, verifiedPrefix) < 4 {
+		t.Fatalf("want at least 4 verdicts on the bus:\n%s", bus)
 	}
 }
 

@@ -8,10 +8,12 @@ package presencesvc
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -63,6 +65,11 @@ type Config struct {
 	// admitted (or disconnected when over the limit). Differences younger
 	// than one interval are left alone (admits and releases in flight).
 	ReconcileInterval time.Duration `koanf:"reconcile_interval"`
+	// LimitClaim names a token claim (one of auth.claims) whose positive
+	// integer value replaces MaxConnectionsPerUser for the connecting
+	// user, up to LimitClaimMax. Empty: no claim is read.
+	LimitClaim    string `koanf:"limit_claim"`
+	LimitClaimMax int    `koanf:"limit_claim_max"`
 }
 
 // DefaultConfig returns the default settings.
@@ -74,6 +81,7 @@ func DefaultConfig() Config {
 		Replicas:              1,
 		ConnectionsEvents:     true,
 		ReconcileInterval:     30 * time.Second,
+		LimitClaimMax:         100,
 	}
 }
 
@@ -89,6 +97,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("replicas must be 1..5, got %d", c.Replicas)
 	case c.ReconcileInterval < 100*time.Millisecond:
 		return fmt.Errorf("reconcile_interval must be at least 100ms, got %s", c.ReconcileInterval)
+	case c.LimitClaim != "" && c.LimitClaimMax < 1:
+		return fmt.Errorf("limit_claim_max must be at least 1, got %d", c.LimitClaimMax)
 	}
 	return nil
 }
@@ -277,6 +287,7 @@ func (s *Service) Stop() error {
 // ---- micro endpoints ----
 
 func (s *Service) admit(ctx context.Context, req api.AdmitRequest) (api.AdmitReply, error) {
+	limit := s.cfg.limitOf(req.Conn.Claims)
 	c, err := normalize(req.Conn)
 	if err != nil {
 		return api.AdmitReply{}, err
@@ -301,7 +312,7 @@ func (s *Service) admit(ctx context.Context, req api.AdmitRequest) (api.AdmitRep
 		if !req.Deadline.IsZero() && time.Now().After(req.Deadline) {
 			return conns, false, natsx.Errorf(api.CodeTimeout, "admit past its deadline")
 		}
-		if len(conns) >= s.cfg.MaxConnectionsPerUser {
+		if len(conns) >= limit {
 			return conns, false, natsx.Errorf(api.CodeTooMany, "Too many connections")
 		}
 		return append(slices.Clip(conns), c), true, nil
@@ -421,7 +432,26 @@ func normalize(c api.Conn) (api.Conn, error) {
 		c.CreatedAt = time.Now()
 	}
 	c.CreatedAt = c.CreatedAt.UTC().Truncate(time.Millisecond)
+	c.Claims = nil // read for the limit, never stored
 	return c, nil
+}
+
+// limitOf is the connection limit of a user whose token carried claims:
+// the limit claim's value when it is an integer from 1 to LimitClaimMax
+// (larger ones count as LimitClaimMax), else MaxConnectionsPerUser.
+func (c Config) limitOf(claims json.RawMessage) int {
+	if c.LimitClaim == "" || len(claims) == 0 {
+		return c.MaxConnectionsPerUser
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(claims, &m) != nil {
+		return c.MaxConnectionsPerUser
+	}
+	var n float64
+	if json.Unmarshal(m[c.LimitClaim], &n) != nil || n < 1 || n != math.Trunc(n) {
+		return c.MaxConnectionsPerUser
+	}
+	return int(min(n, float64(c.LimitClaimMax)))
 }
 
 func truncate(s string, n int) string {
