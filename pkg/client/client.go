@@ -143,6 +143,9 @@ type Event struct {
 	DeviceID  string
 	SocketID  string
 	Namespace string
+	// Claims are the claims of the client's token that auth passes on
+	// (auth.claims), as one JSON object, verified; nil when none.
+	Claims json.RawMessage
 	// Args are the event's arguments (the message body is their JSON array).
 	Args []json.RawMessage
 	msg  *nats.Msg
@@ -161,6 +164,12 @@ func ParseEvent(nc Publisher, m *nats.Msg) (*Event, error) {
 		e.DeviceID = m.Header.Get(api.HeaderDevice)
 		e.SocketID = m.Header.Get(api.HeaderSocket)
 		e.Namespace = m.Header.Get(api.HeaderNamespace)
+		if c := m.Header.Get(api.HeaderClaims); c != "" {
+			if !json.Valid([]byte(c)) || c[0] != '{' {
+				return nil, errors.New("decode claims: not a JSON object")
+			}
+			e.Claims = json.RawMessage(c)
+		}
 	}
 	if len(m.Data) > 0 {
 		if err := json.Unmarshal(m.Data, &e.Args); err != nil {
@@ -168,6 +177,25 @@ func ParseEvent(nc Publisher, m *nats.Msg) (*Event, error) {
 		}
 	}
 	return e, nil
+}
+
+// Claim decodes the claim name into v and reports whether the token had it.
+func (e *Event) Claim(name string, v any) (bool, error) {
+	if len(e.Claims) == 0 {
+		return false, nil
+	}
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(e.Claims, &all); err != nil {
+		return false, fmt.Errorf("decode claims: %w", err)
+	}
+	raw, ok := all[name]
+	if !ok {
+		return false, nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return true, fmt.Errorf("decode claim %s: %w", name, err)
+	}
+	return true, nil
 }
 
 // WantsAck reports whether the client asked for an acknowledgement.

@@ -164,9 +164,36 @@ func TestParseEvent(t *testing.T) {
 		t.Errorf("Ack without reply: %v", err)
 	}
 
-	e, err = client.ParseEvent(pub, inMsg(t, "ping", ""))
+	if e.Claims != nil {
+		t.Errorf("claims without the header: %s", e.Claims)
+	}
+	if ok, err := e.Claim("role", new(string)); ok || err != nil {
+		t.Errorf("Claim without claims = %v, %v", ok, err)
+	}
+	m := inMsg(t, "ping", "")
+	m.Header.Set(api.HeaderClaims, `{"role":"admin","tenant":7}`)
+	e, err = client.ParseEvent(pub, m)
 	if err != nil || len(e.Args) != 0 {
 		t.Errorf("no args: %+v, %v", e, err)
+	}
+	var role string
+	var tenant int
+	if ok, err := e.Claim("role", &role); !ok || err != nil || role != "admin" {
+		t.Errorf("Claim role = %q, %v, %v", role, ok, err)
+	}
+	if ok, err := e.Claim("tenant", &tenant); !ok || err != nil || tenant != 7 {
+		t.Errorf("Claim tenant = %d, %v, %v", tenant, ok, err)
+	}
+	if ok, err := e.Claim("tenant", &role); !ok || err == nil {
+		t.Errorf("Claim of the wrong type = %v, %v", ok, err)
+	}
+	if ok, _ := e.Claim("plan", &role); ok {
+		t.Error("Claim of an absent claim")
+	}
+	bad := inMsg(t, "ping", "")
+	bad.Header.Set(api.HeaderClaims, `[1]`)
+	if _, err := client.ParseEvent(pub, bad); err == nil {
+		t.Error("claims not an object accepted")
 	}
 	e, err = client.ParseEvent(pub, &nats.Msg{Subject: "sb.in.bare", Data: []byte(`[]`)})
 	if err != nil || e.Name != "bare" || e.UserID != "" {
