@@ -61,10 +61,11 @@ func (k idpKey) jwk() map[string]any {
 	case *rsa.PublicKey:
 		m["kty"], m["n"], m["e"] = "RSA", b64(pub.N.Bytes()), b64(big.NewInt(int64(pub.E)).Bytes())
 	case *ecdsa.PublicKey:
-		x, y := make([]byte, 32), make([]byte, 32)
-		pub.X.FillBytes(x)
-		pub.Y.FillBytes(y)
-		m["kty"], m["crv"], m["x"], m["y"] = "EC", "P-256", b64(x), b64(y)
+		b, err := pub.Bytes() // 0x04 || X || Y
+		if err != nil {
+			panic(err)
+		}
+		m["kty"], m["crv"], m["x"], m["y"] = "EC", "P-256", b64(b[1:33]), b64(b[33:65])
 	case ed25519.PublicKey:
 		m["kty"], m["crv"], m["x"] = "OKP", "Ed25519", b64(pub)
 	}
