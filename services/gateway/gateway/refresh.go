@@ -17,6 +17,8 @@ import (
 const (
 	msgOtherUser       = "Token belongs to another user"
 	msgRefreshDisabled = "Token refresh is not available"
+	// Past maxConnectsPerMinute CONNECTs and refreshes of one engine.
+	msgTooManyRefreshes = "Too many refresh attempts"
 )
 
 // tokenState is what the socket's current token proved.
@@ -36,7 +38,7 @@ func (g *Gateway) scheduleToken(s *socket, exp time.Time) {
 		return
 	}
 	if g.cfg.TokenExpiringLead > 0 {
-		g.sched.Set(timerKey{s: s, kind: timerExpiring}, exp.Add(-g.cfg.TokenExpiringLead))
+		g.sched.Set(timerKey{s: s, kind: timerExpiring}, expiringAt(time.Now(), exp, g.cfg.TokenExpiringLead))
 	}
 	if g.cfg.ExpireSockets {
 		g.sched.Set(timerKey{s: s, kind: timerExpiry}, exp.Add(g.cfg.ExpireGrace))
@@ -46,6 +48,21 @@ func (g *Gateway) scheduleToken(s *socket, exp time.Time) {
 		// timers were set.
 		g.cancelToken(s)
 	}
+}
+
+// expiringAt is when a socket whose token expires at exp gets
+// tokenExpiring: lead before exp, but not before half the token's remaining
+// life, so that tokens shorter than the lead do not make every refresh
+// call for another at once.
+func expiringAt(now, exp time.Time, lead time.Duration) time.Time {
+	return later(exp.Add(-lead), now.Add(exp.Sub(now)/2))
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func (g *Gateway) cancelToken(s *socket) {
@@ -83,6 +100,12 @@ func (s *socket) onRefresh(p socketio.Packet, args []json.RawMessage) {
 	}
 	if len(args) == 0 || json.Unmarshal(args[0], &body) != nil || len(body.Token) == 0 || string(body.Token) == "null" {
 		fail(msgNoToken)
+		return
+	}
+	// Each refresh costs a verification, like a CONNECT: they share the
+	// engine's bound.
+	if !s.e.sio.countConnect(time.Now()) {
+		fail(msgTooManyRefreshes)
 		return
 	}
 	// A token a forwarding gateway verified comes as its verdict, which

@@ -187,3 +187,51 @@ func TestClaimsTravelWithEvents(t *testing.T) {
 		t.Fatalf("refreshToken went on the bus: %s", got)
 	}
 }
+
+func TestExpiringAt(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	for _, tc := range []struct {
+		life, lead, want time.Duration // want: from now
+	}{
+		{time.Hour, time.Minute, 59 * time.Minute},
+		{2 * time.Minute, time.Minute, time.Minute},
+		{time.Minute, time.Minute, 30 * time.Second},
+		{10 * time.Second, time.Minute, 5 * time.Second},
+		{0, time.Minute, 0},
+		{-time.Second, time.Minute, -time.Second / 2},
+	} {
+		if got := expiringAt(now, now.Add(tc.life), tc.lead).Sub(now); got != tc.want {
+			t.Errorf("life %v, lead %v: tokenExpiring after %v, want %v", tc.life, tc.lead, got, tc.want)
+		}
+	}
+}
+
+// Refreshes count against the engine's bound of CONNECTs per minute; past
+// it they are refused without asking auth, and the socket stays.
+func TestRefreshAttemptsBounded(t *testing.T) {
+	st := newStack(t)
+	w, _ := st.mustConnect("rex", "") // one CONNECT counted
+	tok := mint(t, "rex", 2*time.Hour, nil)
+	const n = maxConnectsPerMinute + 5
+	for i := 1; i <= n; i++ {
+		w.send(fmt.Sprintf(`42%d["refreshToken",{"token":%q}]`, i, tok))
+	}
+	ok, tooMany := 0, 0
+	for range n {
+		got := w.expect("43")
+		switch {
+		case strings.Contains(got, `"status":"ok"`):
+			ok++
+		case strings.Contains(got, msgTooManyRefreshes):
+			tooMany++
+		default:
+			t.Fatalf("ack %q", got)
+		}
+	}
+	if ok != maxConnectsPerMinute-1 || tooMany != n-ok {
+		t.Fatalf("%d refreshed, %d refused; want %d and %d", ok, tooMany, maxConnectsPerMinute-1, n-maxConnectsPerMinute+1)
+	}
+	if n := len(st.presenceList("rex")); n != 1 {
+		t.Fatalf("presence lists %d sockets of rex, want the one still open", n)
+	}
+}

@@ -74,7 +74,7 @@ func (c *sioConn) hasSocket() bool {
 }
 
 // maxConnectsPerMinute bounds the CONNECTs one engine may send (each costs
-// an auth verification and presence writes).
+// an auth verification and presence writes); refreshToken events count too.
 const maxConnectsPerMinute = 30
 
 // countConnect counts a CONNECT and reports whether it is within the bound.
