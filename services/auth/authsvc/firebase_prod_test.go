@@ -3,11 +3,13 @@ package authsvc
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
+	"github.com/switchboard-rt/switchboard/pkg/natstest"
 )
 
 // The production path: tokens signed with an RSA key whose certificate the
@@ -182,4 +184,25 @@ func TestFirebaseCheckRevoked(t *testing.T) {
 	g.set(func(g *fakeGoogle) { g.failing = true; g.maxAge = 3600 })
 	_, err = verify(t, nc, key.sign(t, idClaims("newcomer")))
 	wantCode(t, err, api.CodeInternal)
+}
+
+// check_revoked needs credentials: without a file, the environment's
+// default ones; none at all fails the start with a clear error.
+func TestFirebaseCheckRevokedNeedsCredentials(t *testing.T) {
+	t.Setenv(emulatorEnv, "")
+	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", filepath.Join(t.TempDir(), "none.json"))
+	cfg := firebaseConfig()
+	cfg.Firebase.CheckRevoked = true
+	cfg.Firebase.RevocationCacheTTL = time.Second
+	cfg.Firebase.RevocationCacheSize = 10
+	nc := natstest.Run(t).Conn(t)
+	svc, err := Start(t.Context(), discardLog(), nc, cfg)
+	if err == nil {
+		_ = svc.Stop()
+		t.Fatal("Start succeeded without credentials")
+	}
+	if !strings.Contains(err.Error(), "firebase") {
+		t.Fatalf("err = %v", err)
+	}
+	t.Log(err)
 }
