@@ -70,6 +70,21 @@ func (e *authEmulator) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, `{"error":{"message":"INTERNAL_ERROR"}}`, http.StatusInternalServerError)
 		return
 	}
+	serveLookup(w, r, func(uid string) (lookupUser, bool) {
+		disabled, ok := e.users[uid]
+		return lookupUser{Disabled: disabled}, ok
+	})
+}
+
+// lookupUser is a user in an accounts:lookup answer.
+type lookupUser struct {
+	LocalID    string `json:"localId"`
+	Disabled   bool   `json:"disabled,omitempty"`
+	ValidSince string `json:"validSince,omitempty"`
+}
+
+// serveLookup answers an accounts:lookup request with the users find knows.
+func serveLookup(w http.ResponseWriter, r *http.Request, find func(uid string) (lookupUser, bool)) {
 	var req struct {
 		LocalID []string `json:"localId"`
 	}
@@ -77,16 +92,13 @@ func (e *authEmulator) serve(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, `{"error":{"message":"INVALID_REQUEST"}}`, http.StatusBadRequest)
 		return
 	}
-	type user struct {
-		LocalID  string `json:"localId"`
-		Disabled bool   `json:"disabled,omitempty"`
+	var resp struct {
+		Users []lookupUser `json:"users,omitempty"`
 	}
-	resp := struct {
-		Users []user `json:"users,omitempty"`
-	}{}
 	for _, uid := range req.LocalID {
-		if disabled, ok := e.users[uid]; ok {
-			resp.Users = append(resp.Users, user{LocalID: uid, Disabled: disabled})
+		if u, ok := find(uid); ok {
+			u.LocalID = uid
+			resp.Users = append(resp.Users, u)
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")

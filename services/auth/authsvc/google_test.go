@@ -157,27 +157,10 @@ func (g *fakeGoogle) serve(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, `{"error":{"message":"UNAUTHENTICATED"}}`, http.StatusUnauthorized)
 			return
 		}
-		var req struct {
-			LocalID []string `json:"localId"`
-		}
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			http.Error(w, `{"error":{"message":"INVALID_REQUEST"}}`, http.StatusBadRequest)
-			return
-		}
-		type user struct {
-			LocalID    string `json:"localId"`
-			Disabled   bool   `json:"disabled,omitempty"`
-			ValidSince string `json:"validSince,omitempty"`
-		}
-		var resp struct {
-			Users []user `json:"users,omitempty"`
-		}
-		for _, uid := range req.LocalID {
-			if u, ok := g.users[uid]; ok {
-				resp.Users = append(resp.Users, user{LocalID: uid, Disabled: u.disabled, ValidSince: fmt.Sprint(u.validSince)})
-			}
-		}
-		_ = json.NewEncoder(w).Encode(resp)
+		serveLookup(w, r, func(uid string) (lookupUser, bool) {
+			u, ok := g.users[uid]
+			return lookupUser{Disabled: u.disabled, ValidSince: fmt.Sprint(u.validSince)}, ok
+		})
 	default:
 		http.Error(w, `{"error":"not found"}`, http.StatusNotFound)
 	}

@@ -4,13 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"sync"
 	"testing"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-rt/switchboard/pkg/api"
-	"github.com/switchboard-rt/switchboard/pkg/natsx"
 )
 
 func TestLimitOf(t *testing.T) {
@@ -55,34 +53,11 @@ func TestLimitClaimAcrossInstances(t *testing.T) {
 	nc2 := srv.Conn(t)
 	startSvc(t, nc2, cfg)
 
-	const workers = 20
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		admitted []string
-		other    []error
-	)
-	start := make(chan struct{})
-	for i := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			c := newConn("paid", fmt.Sprintf("s%02d", i), fmt.Sprintf("gw%d", i%3))
-			c.Claims = json.RawMessage(`{"max_conns":5}`)
-			_, err := admit(t, []*nats.Conn{nc1, nc2}[i%2], c)
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				admitted = append(admitted, c.SocketID)
-			case natsx.CodeOf(err) != api.CodeTooMany:
-				other = append(other, err)
-			}
-		}()
-	}
-	close(start)
-	wg.Wait()
+	admitted, _, other := concurrentAdmits(t, []*nats.Conn{nc1, nc2}, 20, func(i int) api.Conn {
+		c := newConn("paid", fmt.Sprintf("s%02d", i), fmt.Sprintf("gw%d", i%3))
+		c.Claims = json.RawMessage(`{"max_conns":5}`)
+		return c
+	})
 	if len(other) > 0 || len(admitted) != 5 {
 		t.Fatalf("admitted %v, errors %v; want 5 admitted", admitted, other)
 	}

@@ -75,35 +75,9 @@ func TestConcurrentAdmitsAcrossInstances(t *testing.T) {
 	conns := []*nats.Conn{nc1, nc2}
 
 	const workers = 20
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		admitted []string
-		refused  int
-		other    []error
-	)
-	start := make(chan struct{})
-	for i := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			sid := fmt.Sprintf("s%02d", i)
-			_, err := admit(t, conns[i%2], newConn("alice", sid, fmt.Sprintf("gw%d", i%3)))
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				admitted = append(admitted, sid)
-			case natsx.CodeOf(err) == api.CodeTooMany:
-				refused++
-			default:
-				other = append(other, err)
-			}
-		}()
-	}
-	close(start)
-	wg.Wait()
+	admitted, refused, other := concurrentAdmits(t, conns, workers, func(i int) api.Conn {
+		return newConn("alice", fmt.Sprintf("s%02d", i), fmt.Sprintf("gw%d", i%3))
+	})
 	if len(other) > 0 {
 		t.Fatalf("unexpected errors: %v", other)
 	}
@@ -383,4 +357,38 @@ func TestResetReleasesGatewaySockets(t *testing.T) {
 	if _, err := request[api.ResetReply](t, nc, subject.PresenceReset, api.ResetRequest{Gateway: ""}); natsx.CodeOf(err) != api.CodeBadRequest {
 		t.Fatalf("reset of an invalid id: %v", err)
 	}
+}
+
+// concurrentAdmits admits conn(i) for i < n at once, through conns in turn,
+// and sorts the outcomes: socket ids admitted, refusals (too many), and
+// other errors.
+func concurrentAdmits(t *testing.T, conns []*nats.Conn, n int, conn func(i int) api.Conn) (admitted []string, refused int, other []error) {
+	t.Helper()
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+	)
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			c := conn(i)
+			_, err := admit(t, conns[i%len(conns)], c)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				admitted = append(admitted, c.SocketID)
+			case natsx.CodeOf(err) == api.CodeTooMany:
+				refused++
+			default:
+				other = append(other, err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return admitted, refused, other
 }
