@@ -139,7 +139,7 @@ func TestFirebaseCheckRevoked(t *testing.T) {
 	cfg := firebaseConfig()
 	cfg.Firebase.CredentialsFile = serviceAccountFile(t)
 	cfg.Firebase.CheckRevoked = true
-	cfg.Firebase.RevocationCacheTTL = time.Second
+	cfg.Firebase.RevocationCacheTTL = 2 * time.Second
 	cfg.Firebase.RevocationCacheSize = 100
 	nc := startService(t, discardLog(), cfg)
 
@@ -177,7 +177,7 @@ func TestFirebaseCheckRevoked(t *testing.T) {
 	if _, err := verify(t, nc, grace); err != nil {
 		t.Fatalf("grace right after the revocation (cached): %v", err)
 	}
-	time.Sleep(1100 * time.Millisecond)
+	time.Sleep(2100 * time.Millisecond)
 	_, err := verify(t, nc, grace)
 	wantCode(t, err, api.CodeUnauthorized)
 

@@ -315,7 +315,7 @@ func TestOIDCKeysEndpointDown(t *testing.T) {
 	wantCode(t, err, api.CodeInternal)
 	// The next refresh brings the keys back.
 	p.set(func(p *fakeIDP) { p.failing = false })
-	time.Sleep(400 * time.Millisecond)
+	time.Sleep(700 * time.Millisecond)
 	if _, err := verify(t, nc, tok); err != nil {
 		t.Fatalf("keys back again: %v", err)
 	}

@@ -235,3 +235,22 @@ func TestRefreshAttemptsBounded(t *testing.T) {
 		t.Fatalf("presence lists %d sockets of rex, want the one still open", n)
 	}
 }
+
+// With expire_sockets off (the default) nothing ends a socket whose token
+// expired: it gets tokenExpiring, and stays.
+func TestExpiredTokenKeepsTheSocketByDefault(t *testing.T) {
+	st := newStack(t)
+	tok := mint(t, "otto", 1500*time.Millisecond, nil)
+	exp := time.Unix(time.Now().Add(1500*time.Millisecond).Unix(), 0)
+	w := st.dial("", nil)
+	connectWith(t, w, tok)
+	w.expect(`42["tokenExpiring"`)
+	for time.Now().Before(exp.Add(time.Second)) {
+		if s, err := w.tryRead(200 * time.Millisecond); err == nil && !isUpdate(s) && s != "2" {
+			t.Fatalf("got %q past the expiry, want nothing", s)
+		}
+	}
+	if n := len(st.presenceList("otto")); n != 1 {
+		t.Fatalf("presence lists %d sockets of otto, want 1", n)
+	}
+}
