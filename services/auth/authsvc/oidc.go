@@ -25,6 +25,9 @@ import (
 // judge a token: not the token's fault.
 var errKeysUnavailable = errors.New("signing keys unavailable")
 
+// errUnknownKey refuses a token whose key id is not in the set.
+var errUnknownKey = errors.New("unknown key id")
+
 // maxDiscoveryBytes bounds the discovery document read at start.
 const maxDiscoveryBytes = 1 << 20
 
@@ -32,12 +35,15 @@ const maxDiscoveryBytes = 1 << 20
 // (keyfunc and jwkset fetch, cache and refresh the set; golang-jwt checks
 // the token).
 type oidcVerifier struct {
-	keys     keyfunc.Keyfunc
-	store    *stampedStorage
-	parser   *jwt.Parser
-	uidClaim string
-	claims   claimPicker
-	maxAge   time.Duration
+	keys  keyfunc.Keyfunc
+	store *stampedStorage
+	// rotations lets a token with an unknown key id fetch the set again,
+	// at most once per refresh_min_interval; it never waits.
+	rotations *rate.Limiter
+	parser    *jwt.Parser
+	uidClaim  string
+	claims    claimPicker
+	maxAge    time.Duration
 }
 
 // newOIDCVerifier resolves the key set's address (discovery when not
@@ -46,7 +52,7 @@ type oidcVerifier struct {
 // tokens are answered "unavailable" until a fetch succeeds.
 func newOIDCVerifier(ctx context.Context, log *slog.Logger, c OIDCConfig, claims claimPicker, client *http.Client) (*oidcVerifier, error) {
 	if client == nil {
-		client = &http.Client{}
+		client = &http.Client{Timeout: c.HTTPTimeout}
 	}
 	jwksURL := c.JWKSURL
 	if jwksURL == "" {
@@ -75,11 +81,9 @@ func newOIDCVerifier(ctx context.Context, log *slog.Logger, c OIDCConfig, claims
 	}
 	set, err := jwkset.NewHTTPClient(jwkset.HTTPClientOptions{
 		HTTPURLs: map[string]jwkset.Storage{jwksURL: remote},
-		// An unknown key id fetches the set again (a rotation) at most
-		// once per refresh_min_interval; a token that would have to wait
-		// for the limiter is judged on the keys at hand.
-		RefreshUnknownKID: rate.NewLimiter(rate.Every(c.RefreshMinInterval), 1),
-		RateLimitWaitMax:  time.Millisecond,
+		// An unknown key id fetches the set again; Verify lets through
+		// only the tokens its own limiter allows, so jwkset's never waits.
+		RefreshUnknownKID: rate.NewLimiter(rate.Inf, 1),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("oidc keys: %w", err)
@@ -96,7 +100,7 @@ func newOIDCVerifier(ctx context.Context, log *slog.Logger, c OIDCConfig, claims
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
 	)
-	return &oidcVerifier{keys: kf, store: store, parser: parser, uidClaim: c.UIDClaim, claims: claims, maxAge: c.KeysMaxAge}, nil
+	return &oidcVerifier{keys: kf, store: store, rotations: rate.NewLimiter(rate.Every(c.RefreshMinInterval), 1), parser: parser, uidClaim: c.UIDClaim, claims: claims, maxAge: c.KeysMaxAge}, nil
 }
 
 // Verify checks token's signature with the key its "kid" names, then its
@@ -108,7 +112,14 @@ func (v *oidcVerifier) Verify(ctx context.Context, token string) (api.VerifyRepl
 	keyOf := v.keys.KeyfuncCtx(ctx)
 	claims := jwt.MapClaims{}
 	_, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
-		k, err := keyOf(t) // an unknown key id may fetch the set again
+		if kid, ok := t.Header["kid"].(string); ok && !v.known(ctx, kid) && !v.rotations.Allow() {
+			// Fetched again lately: judged on the keys at hand.
+			if !v.fresh() || v.store.lastFailed() {
+				return nil, errKeysUnavailable
+			}
+			return nil, errUnknownKey
+		}
+		k, err := keyOf(t) // an unknown key id fetches the set again
 		switch {
 		case !v.fresh():
 			return nil, errKeysUnavailable
@@ -124,6 +135,12 @@ func (v *oidcVerifier) Verify(ctx context.Context, token string) (api.VerifyRepl
 		return api.VerifyReply{}, reject(jwtReason(err))
 	}
 	return mapIdentity(claims, v.uidClaim, v.claims)
+}
+
+// known reports whether the keys at hand hold kid.
+func (v *oidcVerifier) known(ctx context.Context, kid string) bool {
+	_, err := v.store.Storage.KeyRead(ctx, kid)
+	return err == nil
 }
 
 // fresh reports whether the keys were fetched within keys_max_age.
