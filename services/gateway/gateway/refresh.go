@@ -19,6 +19,9 @@ const (
 	msgRefreshDisabled = "Token refresh is not available"
 	// Past maxConnectsPerMinute CONNECTs and refreshes of one engine.
 	msgTooManyRefreshes = "Too many refresh attempts"
+	// A valid token that expires before the socket's current one (an
+	// old token sent again, or refreshes crossing) does not replace it.
+	msgOlderToken = "Token expires before the current one"
 )
 
 // tokenState is what the socket's current token proved.
@@ -134,8 +137,9 @@ func (s *socket) onRefresh(p socketio.Packet, args []json.RawMessage) {
 		case v.ID.UserID != s.conn.UserID:
 			s.e.log().Info("refresh with another user's token refused", "socket", s.id)
 			fail(msgOtherUser)
+		case !s.refreshed(*v.ID):
+			fail(msgOlderToken)
 		default:
-			s.refreshed(*v.ID)
 			if p.HasID {
 				ok := refreshOK{Status: "ok"}
 				if !v.ID.Expires.IsZero() {
@@ -153,13 +157,24 @@ type refreshOK struct {
 	Exp    int64  `json:"exp"`
 }
 
-// refreshed makes id the socket's token.
-func (s *socket) refreshed(id api.VerifyReply) {
-	if !s.isConnected() {
-		return
+// refreshed makes id the socket's token, unless it expires before the
+// current one.
+func (s *socket) refreshed(id api.VerifyReply) bool {
+	next := newTokenState(id)
+	for {
+		cur := s.token.Load()
+		if cur != nil && next.exp.Before(cur.exp) {
+			return false
+		}
+		if s.token.CompareAndSwap(cur, next) {
+			break
+		}
 	}
-	s.token.Store(newTokenState(id))
+	if !s.isConnected() {
+		return true // closed meanwhile: nothing to schedule
+	}
 	s.e.g.scheduleToken(s, id.Expires)
 	s.e.g.metrics.refreshes.Inc()
 	s.e.log().Debug("token refreshed", "socket", s.id, "exp", id.Expires)
+	return true
 }

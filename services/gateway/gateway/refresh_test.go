@@ -113,6 +113,7 @@ func TestRefreshRefusals(t *testing.T) {
 		{`424["refreshToken","bare"]`, `434[{"status":"error","message":"Token not provided"}]`},
 		{`425["refreshToken"]`, `435[{"status":"error","message":"Token not provided"}]`},
 		{fmt.Sprintf(`426["refreshToken",{"token":%q}]`, mint(t, "una", -time.Minute, nil)), `436[{"status":"error","message":"Unauthorized"}]`},
+		{fmt.Sprintf(`427["refreshToken",{"token":%q}]`, mint(t, "una", time.Minute, nil)), `437[{"status":"error","message":"Token expires before the current one"}]`},
 		{`42["refreshToken",{"token":"not-a-jwt"}]`, `42["exception",{"status":"error","message":"Unauthorized"}]`},
 	} {
 		w.send(tc.send)
