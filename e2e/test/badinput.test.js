@@ -111,6 +111,37 @@ describe('bad input', { timeout: 180000 }, () => {
     admin.disconnect();
   });
 
+  test('refreshToken with bad input is refused and the socket stays', async () => {
+    const user = uid('refresh');
+    const c = await st.client({ token: st.token(user) });
+    const cases = [
+      [[], 'Token not provided'],
+      [[null], 'Token not provided'],
+      [['just-a-string'], 'Token not provided'],
+      [[{}], 'Token not provided'],
+      [[{ token: '' }], 'Token not provided'],
+      [[{ token: null }], 'Token not provided'],
+      [[{ token: 123 }], 'Unauthorized'],
+      [[{ token: { a: 1 } }], 'Unauthorized'],
+      [[{ token: 'Basic x' }], BAD_SCHEME],
+      [[{ token: 'x'.repeat(20000) }], 'Unauthorized'],
+      [[{ token: 'sb-verified:0' }], 'Unauthorized'],
+      [[{ token: st.token(user, { ttlSec: -60 }) }], 'Unauthorized'],
+      [[{ token: st.token(uid('other')) }], 'Token belongs to another user'],
+    ];
+    for (const [args, message] of cases) {
+      const res = await c.socket.timeout(5000).emitWithAck('refreshToken', ...args);
+      assert.deepEqual(res, { status: 'error', message }, `refreshToken ${JSON.stringify(args).slice(0, 60)}`);
+    }
+    // Without an ack the refusal comes as an exception.
+    const mark = c.mark();
+    c.socket.emit('refreshToken', { token: 'not-a-jwt' });
+    const ex = await c.wait('exception', () => true, 5000, mark);
+    assert.deepEqual(ex.args[0], { status: 'error', message: 'Unauthorized' });
+    assert.equal(c.socket.connected, true);
+    c.socket.disconnect();
+  });
+
   test('timerStart with an invalid dur is refused and leaves a running timer alone', async () => {
     const a = await st.client({ token: `Bearer ${st.token(uid('dur'))}` }, { query: { deviceId: 'phone-1' } });
     a.socket.emit('timerStart', { dur: 20 });
