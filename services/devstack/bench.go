@@ -132,7 +132,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 		if b.secret != "" {
 			return authsvc.MintToken(b.secret, "", "", uid, time.Hour)
 		}
-		return devstack.MintToken(uid, time.Hour)
+		return devstack.MintToken(uid, time.Hour, nil)
 	}}
 	if slices.Contains(b.which, "notify") || slices.Contains(b.which, "broadcast") {
 		nc, err := nats.Connect(b.natsURL, nats.Name("switchboard-bench"))

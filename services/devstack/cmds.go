@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -44,8 +45,10 @@ func cmdToken(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	ttl := fs.Duration("ttl", 24*time.Hour, "lifetime of the token")
 	secret := fs.String("secret", "", "HS256 secret of the auth service (default: the development stack's)")
+	claims := claimFlags{}
+	fs.Var(claims, "claim", "an extra claim name=value, repeatable (a JSON value, else a string): -claim role=admin -claim max_conns=5")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: devstack token <uid> [-ttl 24h] [-secret S]")
+		fmt.Fprintln(stderr, "usage: devstack token <uid> [-ttl 24h] [-secret S] [-claim name=value ...]")
 		fs.PrintDefaults()
 	}
 	pos, err := parseInterspersed(fs, args)
@@ -65,9 +68,9 @@ func cmdToken(args []string, stdout, stderr io.Writer) int {
 	}
 	var tok string
 	if *secret != "" {
-		tok, err = authsvc.MintToken(*secret, "", "", pos[0], *ttl)
+		tok, err = authsvc.MintTokenWith(*secret, "", "", pos[0], *ttl, claims)
 	} else {
-		tok, err = devstack.MintToken(pos[0], *ttl)
+		tok, err = devstack.MintToken(pos[0], *ttl, claims)
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "devstack token:", err)
@@ -198,6 +201,26 @@ func notify(n notifyArgs, stdout io.Writer) error {
 	}
 	if err := nc.FlushTimeout(n.timeout); err != nil {
 		return fmt.Errorf("flush: %w", err)
+	}
+	return nil
+}
+
+// claimFlags collects -claim name=value flags; a value that is JSON is
+// taken as such (5, true, ["a"]), any other as a string.
+type claimFlags map[string]any
+
+func (c claimFlags) String() string { return "" }
+
+func (c claimFlags) Set(v string) error {
+	name, val, ok := strings.Cut(v, "=")
+	if !ok || name == "" {
+		return errors.New("want name=value")
+	}
+	var j any
+	if err := json.Unmarshal([]byte(val), &j); err == nil {
+		c[name] = j
+	} else {
+		c[name] = val
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -67,6 +68,23 @@ func TestTokenCommandDefaultTTL(t *testing.T) {
 	}
 }
 
+func TestTokenCommandClaims(t *testing.T) {
+	var out, errOut bytes.Buffer
+	args := []string{"carol", "-claim", "role=admin", "-claim", "max_conns=5", "-claim", "tags=[\"a\"]", "-claim", "sub=mallory"}
+	if code := cmdToken(args, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	claims := jwt.MapClaims{}
+	if _, err := jwt.ParseWithClaims(strings.TrimSpace(out.String()), claims, func(*jwt.Token) (any, error) {
+		return []byte(authsvc.DevSecret), nil
+	}); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	if claims["role"] != "admin" || claims["max_conns"] != 5.0 || fmt.Sprint(claims["tags"]) != "[a]" || claims["sub"] != "carol" {
+		t.Fatalf("claims %v: want role admin, max_conns 5, tags [a], and sub still carol", claims)
+	}
+}
+
 func TestTokenCommandRejectsBadArguments(t *testing.T) {
 	for _, args := range [][]string{
 		nil,
@@ -76,6 +94,8 @@ func TestTokenCommandRejectsBadArguments(t *testing.T) {
 		{"alice", "-ttl", "0s"},
 		{"alice", "-ttl", "soon"},
 		{"alice", "-unknown"},
+		{"alice", "-claim", "role"},
+		{"alice", "-claim", "=x"},
 	} {
 		var out, errOut bytes.Buffer
 		if code := cmdToken(args, &out, &errOut); code != 2 {

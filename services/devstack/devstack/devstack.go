@@ -78,11 +78,14 @@ type Config struct {
 	Profile    string           `koanf:"profile"`
 	NATSServer NATSServerConfig `koanf:"nats_server"`
 	// Services to run in-process; empty runs NATS only.
-	Services []string           `koanf:"services"`
-	Gateway  gateway.Config     `koanf:"gateway"`
-	Presence presencesvc.Config `koanf:"presence"`
-	Timer    timersvc.Config    `koanf:"timer"`
-	Log      boot.LogConfig     `koanf:"log"`
+	Services []string `koanf:"services"`
+	// AuthClaims are the token claims the stack's auth passes on to
+	// services (auth.claims of bin/auth); its verifier is fixed.
+	AuthClaims []string           `koanf:"auth_claims"`
+	Gateway    gateway.Config     `koanf:"gateway"`
+	Presence   presencesvc.Config `koanf:"presence"`
+	Timer      timersvc.Config    `koanf:"timer"`
+	Log        boot.LogConfig     `koanf:"log"`
 	// Ops serves the metrics of every service of the stack, and its
 	// readiness.
 	Ops ops.Config `koanf:"ops"`
@@ -147,10 +150,11 @@ func AuthConfig() authsvc.Config {
 	return c
 }
 
-// MintToken mints a token that the stack accepts for uid.
-func MintToken(uid string, ttl time.Duration) (string, error) {
+// MintToken mints a token that the stack accepts for uid, with extra
+// claims (nil: none).
+func MintToken(uid string, ttl time.Duration, claims map[string]any) (string, error) {
 	c := AuthConfig()
-	return authsvc.MintToken(c.JWT.Secret, c.JWT.Issuer, c.JWT.Audience, uid, ttl)
+	return authsvc.MintTokenWith(c.JWT.Secret, c.JWT.Issuer, c.JWT.Audience, uid, ttl, claims)
 }
 
 // Validate checks the parts of c the stack itself interprets.
@@ -284,7 +288,9 @@ func Start(ctx context.Context, log *slog.Logger, cfg Config) (st *Stack, err er
 		if err != nil {
 			return st, err
 		}
-		svc, err := authsvc.Start(ctx, log.With("component", ServiceAuth), nc, AuthConfig(), authsvc.WithDevSecret())
+		acfg := AuthConfig()
+		acfg.Claims = cfg.AuthClaims
+		svc, err := authsvc.Start(ctx, log.With("component", ServiceAuth), nc, acfg, authsvc.WithDevSecret())
 		if err != nil {
 			return st, fmt.Errorf("start auth: %w", err)
 		}

@@ -18,7 +18,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-rt/switchboard/pkg/api"
 	"github.com/switchboard-rt/switchboard/pkg/client"
+	"github.com/switchboard-rt/switchboard/pkg/natsx"
 	"github.com/switchboard-rt/switchboard/pkg/ops/opstest"
 	"github.com/switchboard-rt/switchboard/pkg/subject"
 )
@@ -155,7 +157,7 @@ func TestStackAcceptsSocketIOConnectWithMintedToken(t *testing.T) {
 	if st.GatewayAddr() == nil {
 		t.Fatal("no gateway address")
 	}
-	tok, err := MintToken("alice", time.Hour)
+	tok, err := MintToken("alice", time.Hour, nil)
 	if err != nil {
 		t.Fatalf("mint: %v", err)
 	}
@@ -249,7 +251,7 @@ func TestStackServesNATSOnTheConfiguredAddress(t *testing.T) {
 		t.Fatalf("connect: %v", err)
 	}
 	defer nc.Close()
-	tok, err := MintToken("bob", time.Minute)
+	tok, err := MintToken("bob", time.Minute, nil)
 	if err != nil {
 		t.Fatalf("mint: %v", err)
 	}
@@ -415,5 +417,40 @@ func TestStackMetrics(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// auth_claims reaches the stack's auth: the claims it lists come back
+// with the identity.
+func TestStackAuthClaims(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.NATSServer.Listen = "127.0.0.1:0"
+	cfg.NATSServer.StoreDir = t.TempDir()
+	cfg.Ops.Listen = ""
+	cfg.Services = []string{ServiceAuth}
+	cfg.AuthClaims = []string{"role"}
+	st, err := Start(context.Background(), testLogger(t), cfg)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = st.Stop(ctx)
+	})
+	nc, err := nats.Connect(st.NATSURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	tok, err := MintToken("alice", time.Hour, map[string]any{"role": "admin", "plan": "pro"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	id, err := natsx.Request[api.VerifyReply](ctx, nc, subject.AuthVerify, api.VerifyRequest{Token: tok})
+	if err != nil || id.UserID != "alice" || string(id.Claims) != `{"role":"admin"}` {
+		t.Fatalf("verify = %+v (claims %s), %v", id, id.Claims, err)
 	}
 }

@@ -262,7 +262,7 @@ func TestEchoProfileClosesEngineWithoutConnect(t *testing.T) {
 func TestDefaultProfileKeepsAuthPayloadOffNATS(t *testing.T) {
 	st := startProfile(t, ProfileDefault)
 	bus := subscribeBus(t, st)
-	tok, err := MintToken("alice", time.Hour)
+	tok, err := MintToken("alice", time.Hour, nil)
 	if err != nil {
 		t.Fatalf("mint: %v", err)
 	}

@@ -40,7 +40,7 @@ func TestScenarios(t *testing.T) {
 	t.Cleanup(nc.Close)
 	target := load.Target{
 		URL: "http://" + st.GatewayAddr().String(), NATS: nc, PID: os.Getpid(), Log: log,
-		Token: func(uid string) (string, error) { return devstack.MintToken(uid, time.Hour) },
+		Token: func(uid string) (string, error) { return devstack.MintToken(uid, time.Hour, nil) },
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
