@@ -43,6 +43,9 @@ func main() {
 		log, c, err := load(os.Args[1:], os.Environ(), os.Stderr)
 		cfg = c
 		if err == nil {
+			err = cfg.Auth.Validate()
+		}
+		if err == nil {
 			// The one environment read outside the configuration: with this
 			// variable set, the Firebase SDK accepts tokens without checking
 			// their signature, so anyone could log in as anyone.

@@ -118,7 +118,9 @@ func TestMainExitCodes(t *testing.T) {
 		{"help", "-h", nil, 0, "auth.verifier"},
 		{"unknown flag", "-nope", nil, 2, "nope"},
 		{"unknown env", "", []string{"SB_AUTH_NOPE=1"}, 2, "SB_AUTH_NOPE"},
-		{"emulator host set", "-auth.verifier=jwt", []string{emulatorHostEnv + "=127.0.0.1:9099"}, 2, emulatorHostEnv},
+		{"emulator host set", "-auth.verifier=jwt -auth.jwt.secret=" + secret, []string{emulatorHostEnv + "=127.0.0.1:9099"}, 2, emulatorHostEnv},
+		{"bad config, before NATS", "-auth.verifier=oidc -auth.oidc.issuer=https://idp.example.com -nats.url=nats://127.0.0.1:1", nil, 2, "oidc.audience is required"},
+		{"default config", "-nats.url=nats://127.0.0.1:1", nil, 2, "firebase.project_id is required"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

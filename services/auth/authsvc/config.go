@@ -130,6 +130,11 @@ type Option func(*options)
 // local development stacks use it.
 func WithDevSecret() Option { return func(o *options) { o.devSecret = true } }
 
+// Validate checks c against the production rules, as Start does without
+// options, so that a binary can refuse a bad configuration before it
+// connects to anything.
+func (c Config) Validate() error { return c.validate(options{}) }
+
 // validate checks cfg against the production rules.
 func (c Config) validate(o options) error {
 	switch c.Verifier {
