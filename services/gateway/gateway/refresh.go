@@ -35,9 +35,11 @@ func newTokenState(id api.VerifyReply) *tokenState {
 }
 
 // scheduleToken sets the socket's tokenExpiring and expiry timers for a
-// token expiring at exp (replacing earlier ones).
+// token expiring at exp (replacing earlier ones); a token that does not
+// expire has none.
 func (g *Gateway) scheduleToken(s *socket, exp time.Time) {
 	if exp.IsZero() {
+		g.cancelToken(s)
 		return
 	}
 	if g.cfg.TokenExpiringLead > 0 {
@@ -75,8 +77,9 @@ func (g *Gateway) cancelToken(s *socket) {
 
 // tokenExpiring tells the client its token expires soon.
 func (s *socket) tokenExpiring() {
+	// Set only while the socket's token has an expiry.
 	ts := s.token.Load()
-	if ts == nil || ts.exp.IsZero() || !s.isConnected() {
+	if ts == nil || !s.isConnected() {
 		return
 	}
 	s.emit(api.EventTokenExpiring, mustJSON(map[string]int64{"exp": ts.exp.Unix()}))
@@ -87,13 +90,7 @@ func (s *socket) tokenExpiring() {
 // identity whatever the outcome.
 func (s *socket) onRefresh(p socketio.Packet, args []json.RawMessage) {
 	g := s.e.g
-	fail := func(msg string) {
-		if p.HasID {
-			s.sendAck(p.ID, errorArgs(msg))
-		} else {
-			s.emit(api.EventException, mustJSON(api.ErrorStatus(msg)))
-		}
-	}
+	fail := func(msg string) { s.refuse(p, msg) }
 	if g.opts.noAuth {
 		fail(msgRefreshDisabled)
 		return
@@ -114,20 +111,12 @@ func (s *socket) onRefresh(p socketio.Packet, args []json.RawMessage) {
 	// A token a forwarding gateway verified comes as its verdict, which
 	// is only at hand while this input is handled.
 	v, verified := s.e.verdictFor(body.Token)
-	s.ackMu.Lock()
-	if s.inflight >= g.cfg.MaxPendingAcks {
-		s.ackMu.Unlock()
-		fail("Too many pending requests")
+	if !s.takeRequest() {
+		fail(msgTooManyRequests)
 		return
 	}
-	s.inflight++
-	s.ackMu.Unlock()
 	go func() {
-		defer func() {
-			s.ackMu.Lock()
-			s.inflight--
-			s.ackMu.Unlock()
-		}()
+		defer s.doneRequest()
 		if !verified {
 			v = g.verify(g.ctx, credentials{authToken: body.Token})
 		}

@@ -146,13 +146,7 @@ func (s *socket) onEvent(p socketio.Packet, parts [][]byte) {
 		s.onRefresh(p, args) // handled here: the token never goes on sb.in
 		return
 	}
-	fail := func(msg string) {
-		if p.HasID {
-			s.sendAck(p.ID, errorArgs(msg))
-		} else {
-			s.emit(api.EventException, mustJSON(api.ErrorStatus(msg)))
-		}
-	}
+	fail := func(msg string) { s.refuse(p, msg) }
 	if socketio.Reserved(name) {
 		fail("Reserved event name: " + name)
 		return
@@ -177,16 +171,44 @@ func (s *socket) onEvent(p socketio.Packet, parts [][]byte) {
 		s.e.g.metrics.in.Inc()
 		return
 	}
-	s.ackMu.Lock()
-	if s.inflight >= s.e.g.cfg.MaxPendingAcks {
-		s.ackMu.Unlock()
-		fail("Too many pending requests")
+	if !s.takeRequest() {
+		fail(msgTooManyRequests)
 		return
 	}
-	s.inflight++
-	s.ackMu.Unlock()
 	s.e.g.metrics.in.Inc()
 	go s.request(m, p.ID)
+}
+
+// msgTooManyRequests refuses a client event past max_pending_acks requests
+// in flight.
+const msgTooManyRequests = "Too many pending requests"
+
+// refuse answers a client event that failed: its ack, or an exception when
+// it asked none.
+func (s *socket) refuse(p socketio.Packet, msg string) {
+	if p.HasID {
+		s.sendAck(p.ID, errorArgs(msg))
+	} else {
+		s.emit(api.EventException, mustJSON(api.ErrorStatus(msg)))
+	}
+}
+
+// takeRequest counts one more client request in flight, unless
+// max_pending_acks are; doneRequest ends it.
+func (s *socket) takeRequest() bool {
+	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	if s.inflight >= s.e.g.cfg.MaxPendingAcks {
+		return false
+	}
+	s.inflight++
+	return true
+}
+
+func (s *socket) doneRequest() {
+	s.ackMu.Lock()
+	s.inflight--
+	s.ackMu.Unlock()
 }
 
 // headerSafe reports whether name survives as a NATS header value
@@ -234,11 +256,7 @@ func (s *socket) publishLifecycle(event string, body []byte) {
 }
 
 func (s *socket) request(m *nats.Msg, ackID uint64) {
-	defer func() {
-		s.ackMu.Lock()
-		s.inflight--
-		s.ackMu.Unlock()
-	}()
+	defer s.doneRequest()
 	ctx, cancel := context.WithTimeout(s.e.g.ctx, s.e.g.cfg.RequestTimeout)
 	defer cancel()
 	start := time.Now()
