@@ -255,3 +255,42 @@ func TestExpiredTokenKeepsTheSocketByDefault(t *testing.T) {
 		t.Fatalf("presence lists %d sockets of otto, want 1", n)
 	}
 }
+
+// Client requests in flight (events with an ack and refreshes) are bounded
+// by max_pending_acks per socket; past it they are refused at once, and a
+// slot frees when a request ends.
+func TestPendingRequestsBounded(t *testing.T) {
+	st := newStack(t, func(c *Config, _ *presencesvc.Config) {
+		c.MaxPendingAcks = 2
+		c.RequestTimeout = 700 * time.Millisecond
+	})
+	sub, err := st.nc.Subscribe("sb.in.slow", func(*nats.Msg) {}) // never answers
+	must(t, err)
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	must(t, st.nc.Flush())
+	w, _ := st.mustConnect("pam", "")
+	w.send(`421["slow"]`)
+	w.send(`422["slow"]`)
+	w.send(`423["slow"]`)
+	if got := w.expect("433"); got != `433[{"status":"error","message":"Too many pending requests"}]` {
+		t.Fatalf("third request: %q", got)
+	}
+	w.send(fmt.Sprintf(`424["refreshToken",{"token":%q}]`, mint(t, "pam", 2*time.Hour, nil)))
+	if got := w.expect("434"); got != `434[{"status":"error","message":"Too many pending requests"}]` {
+		t.Fatalf("refresh past the bound: %q", got)
+	}
+	// The first two time out, which frees their slots.
+	timedOut := map[string]bool{}
+	for range 2 {
+		timedOut[w.expect("43")] = true
+	}
+	for _, id := range []string{"431", "432"} {
+		if !timedOut[id+`[{"status":"error","message":"Service unavailable"}]`] {
+			t.Fatalf("request %s did not time out: %v", id, timedOut)
+		}
+	}
+	w.send(fmt.Sprintf(`425["refreshToken",{"token":%q}]`, mint(t, "pam", 2*time.Hour, nil)))
+	if got := w.expect("435"); !strings.HasPrefix(got, `435[{"status":"ok"`) {
+		t.Fatalf("refresh after the slots freed: %q", got)
+	}
+}
