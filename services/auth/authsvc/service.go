@@ -51,7 +51,7 @@ func (s *Service) Collectors() []prometheus.Collector {
 
 // Start validates cfg, builds the verifier and serves subject.AuthVerify on
 // nc (queue group "q", so instances share the load).
-func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opts ...Option) (*Service, error) {
+func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opts ...Option) (_ *Service, err error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
@@ -59,11 +59,16 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 	if err := cfg.validate(o); err != nil {
 		return nil, err
 	}
-	// The verifiers' background work (key refresh) ends with Stop.
+	// The verifiers' background work (key refresh) ends with Stop, or now
+	// if Start fails.
 	vctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
 	v, err := newVerifier(vctx, log, cfg)
 	if err != nil {
-		stop()
 		return nil, fmt.Errorf("auth: %w", err)
 	}
 	s := &Service{log: log, nc: nc, verifier: v, stopVerifier: stop,
@@ -86,20 +91,17 @@ func Start(ctx context.Context, log *slog.Logger, nc *nats.Conn, cfg Config, opt
 		Description: "Switchboard token verification",
 	})
 	if err != nil {
-		stop()
 		return nil, fmt.Errorf("auth: add service: %w", err)
 	}
 	err = svc.AddEndpoint("verify",
 		natsx.Handle(log, handlerTimeout, s.handleVerify),
 		micro.WithEndpointSubject(subject.AuthVerify))
 	if err != nil {
-		stop()
 		return nil, errors.Join(fmt.Errorf("auth: add endpoint: %w", err), svc.Stop())
 	}
 	// Make sure the server has the subscriptions before reporting ready, so a
 	// request sent right after Start finds a responder.
-	if err := nc.FlushTimeout(flushTimeout); err != nil {
-		stop()
+	if err = nc.FlushTimeout(flushTimeout); err != nil {
 		return nil, errors.Join(fmt.Errorf("auth: flush: %w", err), svc.Stop())
 	}
 	s.svc = svc
