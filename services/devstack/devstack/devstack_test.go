@@ -33,14 +33,23 @@ func testLogger(t *testing.T) *slog.Logger {
 // startStack runs a stack on random ports with its store in a temp dir.
 func startStack(t *testing.T, services ...string) *Stack {
 	t.Helper()
+	return startStackWith(t, func(cfg *Config) {
+		if services != nil {
+			cfg.Services = services
+		}
+	})
+}
+
+// startStackWith starts a stack on free ports with its configuration
+// changed by change.
+func startStackWith(t *testing.T, change func(*Config)) *Stack {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.NATSServer.Listen = "127.0.0.1:0"
 	cfg.NATSServer.StoreDir = t.TempDir()
 	cfg.Gateway.Listen = "127.0.0.1:0"
 	cfg.Ops.Listen = "127.0.0.1:0"
-	if services != nil {
-		cfg.Services = services
-	}
+	change(&cfg)
 	st, err := Start(context.Background(), testLogger(t), cfg)
 	if err != nil {
 		t.Fatalf("start: %v", err)
@@ -423,20 +432,9 @@ func TestStackMetrics(t *testing.T) {
 // auth_claims reaches the stack's auth: the claims it lists come back
 // with the identity.
 func TestStackAuthClaims(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.NATSServer.Listen = "127.0.0.1:0"
-	cfg.NATSServer.StoreDir = t.TempDir()
-	cfg.Ops.Listen = ""
-	cfg.Services = []string{ServiceAuth}
-	cfg.AuthClaims = []string{"role"}
-	st, err := Start(context.Background(), testLogger(t), cfg)
-	if err != nil {
-		t.Fatalf("start: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = st.Stop(ctx)
+	st := startStackWith(t, func(cfg *Config) {
+		cfg.Services = []string{ServiceAuth}
+		cfg.AuthClaims = []string{"role"}
 	})
 	nc, err := nats.Connect(st.NATSURL())
 	if err != nil {
